@@ -4,7 +4,8 @@
 //! the BLAKE3 chain, Ed25519 signatures, chain verification, sealing of key material, custody of
 //! the service's own secrets, and the JetStream appender and reader.
 //!
-//! Everything except [`nats`] is plain synchronous code with no IO. This crate depends on no
+//! Everything except [`nats`] (NATS) and [`custody`] (the keystore file) is plain synchronous code
+//! with no IO. This crate depends on no
 //! other workspace crate and knows nothing of projections or the API.
 #![forbid(unsafe_code)]
 

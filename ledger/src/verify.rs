@@ -97,6 +97,8 @@ pub struct ForeignMessage {
 }
 
 /// The outcome for one stored message.
+// Most outcomes are events; boxing them would cost an allocation per event on replay.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Checked {
     Event(VerifiedEvent),
@@ -292,10 +294,18 @@ impl ChainState {
                         .map(|i| i.key)
                         .or_else(|| overlay.get(&p.event.signer).copied())
                         .or_else(|| genesis_key(&p.event));
-                    if let EventBody::SignerEnrolled(e) = &p.event.body {
-                        if let Ok(k) = VerifyingKey::from_bytes(&e.public_key.0) {
-                            overlay.insert(e.signer, k);
+                    match &p.event.body {
+                        EventBody::SignerEnrolled(e) => {
+                            if let Ok(k) = VerifyingKey::from_bytes(&e.public_key.0) {
+                                overlay.insert(e.signer, k);
+                            }
                         }
+                        EventBody::LedgerCreated(_) => {
+                            if let Some(k) = genesis_key(&p.event) {
+                                overlay.insert(p.event.signer, k);
+                            }
+                        }
+                        _ => {}
                     }
                     key
                 }

@@ -452,3 +452,35 @@ impl Task {
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((25u64 << attempt.min(5)).min(1000))
 }
+
+impl Appender {
+    /// Opens a writer on an initialised ledger: checks the stream (fail closed), replays and
+    /// verifies the whole chain, then starts appending with `signer`. Foreign messages found on
+    /// the way are in the returned report (and logged as alarms); a chain break refuses to start.
+    pub async fn open(
+        conn: LedgerConn,
+        signer: EventSigner,
+        pinned_root: Option<crate::bytes32::Bytes32>,
+        config: AppenderConfig,
+        danger_accept_unsafe_stream: bool,
+    ) -> Result<(Appender, crate::nats::reader::ReplayReport), AppendError> {
+        conn.event_stream(danger_accept_unsafe_stream)
+            .await
+            .map_err(|e| AppendError::Stream(e.to_string()))?;
+        let mut state = ChainState::new(conn.names.ledger.clone(), pinned_root);
+        let report = crate::nats::reader::replay(&conn, &mut state, |_, _| {})
+            .await
+            .map_err(|e| AppendError::Stream(e.to_string()))?;
+        for f in &report.foreign {
+            tracing::error!(seq = f.seq, reason = %f.reason, "ALARM: foreign message in the ledger stream");
+        }
+        if let Some(e) = &report.chain_break {
+            return Err(AppendError::ChainBroken(e.clone()));
+        }
+        if !state.is_active_writer(&signer.id()) {
+            return Err(AppendError::NotAWriter);
+        }
+        let appender = Appender::start(conn, signer, state, config).await?;
+        Ok((appender, report))
+    }
+}

@@ -4,6 +4,7 @@
 pub mod appender;
 pub mod batch;
 pub mod dek;
+pub mod genesis;
 pub mod reader;
 pub mod stream;
 

@@ -85,10 +85,8 @@ where
         }
         chunk.push((seq, msg.message.payload.clone()));
         let done = seq >= to || pending == 0;
-        if chunk.len() >= REPLAY_CHUNK || done {
-            if !on_chunk(std::mem::take(&mut chunk)) {
-                return Ok(());
-            }
+        if (chunk.len() >= REPLAY_CHUNK || done) && !on_chunk(std::mem::take(&mut chunk)) {
+            return Ok(());
         }
         if done {
             break;

@@ -1,0 +1,7 @@
+//! # api
+//!
+//! The keyledger service surface: key operations over the ledger and the `keyledger` binary
+//! (server and CLI). Depends on `projector` and `ledger`; nothing depends on it.
+#![forbid(unsafe_code)]
+
+pub mod keyops;
