@@ -551,7 +551,7 @@ fn genesis_key(event: &Event) -> Option<VerifyingKey> {
     }
 }
 
-const SIG_CHUNK: usize = 64;
+const SIG_CHUNK: usize = 256;
 
 fn check_signatures(staged: &[Stage], keys: &[Option<VerifyingKey>]) -> Vec<bool> {
     let items: Vec<(usize, &Parsed, VerifyingKey)> = staged

@@ -32,8 +32,10 @@ impl ReplayReport {
     }
 }
 
-/// Reads raw stored messages `from..=to` in order with an ordered consumer, in chunks.
-/// Sequences with no message (deleted) are simply absent.
+/// Reads raw stored messages `from..=to` in order and hands them to `on_chunk` in chunks;
+/// `on_chunk` returns false to stop early. Reading runs in its own task, one chunk ahead of
+/// `on_chunk`, so network and verification overlap. Sequences with no message (deleted) are
+/// simply absent.
 pub async fn read_range<F>(
     conn: &LedgerConn,
     from: u64,
@@ -46,6 +48,34 @@ where
     if from > to {
         return Ok(());
     }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn(read_chunks(conn.clone(), from, to, tx));
+    while let Some(chunk) = rx.recv().await {
+        // Verification is CPU-bound (and parallel inside); keep it off the async workers' toes.
+        let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let go_on = if multi_thread {
+            tokio::task::block_in_place(|| on_chunk(chunk))
+        } else {
+            on_chunk(chunk)
+        };
+        if !go_on {
+            reader.abort();
+            return Ok(());
+        }
+    }
+    match reader.await {
+        Ok(r) => r,
+        Err(e) => Err(StreamError::Nats(format!("reader task failed: {e}"))),
+    }
+}
+
+async fn read_chunks(
+    conn: LedgerConn,
+    from: u64,
+    to: u64,
+    tx: tokio::sync::mpsc::Sender<Vec<(u64, Bytes)>>,
+) -> Result<(), StreamError> {
     let stream = conn
         .js
         .get_stream(conn.names.stream())
@@ -75,25 +105,26 @@ where
             Ok(Some(Err(e))) => return Err(StreamError::Nats(e.to_string())),
             Ok(Some(Ok(m))) => m,
         };
-        let seq = msg
+        let info = msg
             .info()
-            .map_err(|e| StreamError::Nats(e.to_string()))?
-            .stream_sequence;
-        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            .map_err(|e| StreamError::Nats(e.to_string()))?;
+        let (seq, pending) = (info.stream_sequence, info.pending);
         if seq > to {
             break;
         }
         chunk.push((seq, msg.message.payload.clone()));
         let done = seq >= to || pending == 0;
-        if (chunk.len() >= REPLAY_CHUNK || done) && !on_chunk(std::mem::take(&mut chunk)) {
-            return Ok(());
+        if (chunk.len() >= REPLAY_CHUNK || done)
+            && tx.send(std::mem::take(&mut chunk)).await.is_err()
+        {
+            return Ok(()); // the consumer of chunks stopped early
         }
         if done {
             break;
         }
     }
     if !chunk.is_empty() {
-        on_chunk(chunk);
+        let _ = tx.send(chunk).await;
     }
     Ok(())
 }

@@ -31,9 +31,10 @@ struct Args {
     /// Events per measurement.
     #[arg(long, default_value_t = 50_000)]
     events: usize,
-    /// Payload size in bytes.
-    #[arg(long, default_value_t = 300)]
-    payload: usize,
+    /// Raw payload size in bytes; default: the size of the ledger's benchmark event, so raw and
+    /// ledger rows move the same bytes.
+    #[arg(long)]
+    payload: Option<usize>,
     /// Messages per ADR-50 atomic batch (1..=1000).
     #[arg(long, default_value_t = 256)]
     batch: usize,
@@ -144,6 +145,146 @@ async fn measure_raw_ordered_replay(ctx: &BenchCtx) -> Result<Rate> {
     baseline::raw_ordered_replay(&ctx.js, "BENCH_RAW_REPLAY", ctx.payloads.len() as u64).await
 }
 
+/// The ledger under test, set up untimed: streams, genesis, writer enrolment.
+struct BenchLedger {
+    conn: ledger::nats::LedgerConn,
+    secrets: ledger::custody::Secrets,
+}
+
+async fn bench_ledger(ctx: &BenchCtx) -> Result<BenchLedger> {
+    use ledger::nats::{LedgerConn, StreamSettings};
+    let ledger_id = ledger::LedgerId::new("bench")?;
+    let conn = LedgerConn::new(ctx.client.clone(), ledger_id);
+    let _ = ctx.js.delete_stream(conn.names.stream()).await;
+    let _ = ctx.js.delete_stream(conn.names.dek_stream()).await;
+    let secrets = ledger::custody::Secrets::generate();
+    let settings = StreamSettings {
+        replicas: ctx.replicas,
+        ..StreamSettings::default()
+    };
+    ledger::nats::genesis::initialise(
+        &conn,
+        &settings,
+        ledger::sign::EventSigner::new(secrets.root.clone()),
+        secrets.writer_public(),
+        secrets.kek.id(),
+    )
+    .await?;
+    Ok(BenchLedger { conn, secrets })
+}
+
+/// The benchmark's event: one itemised key use (what high-volume operations record).
+fn bench_draft(i: usize) -> ledger::sign::Draft {
+    use ledger::event::{Actor, KeyUse, KeysUsed, Operation};
+    let tenant = ledger::TenantId::new("bench-tenant").expect("valid id");
+    ledger::sign::Draft {
+        request_id: ledger::RequestId::new(format!("bench-{i:012}")).expect("valid id"),
+        actor: Actor {
+            principal: "bench-service".into(),
+            tenant: Some(tenant.clone()),
+            token_id: Some("tok-0001".into()),
+        },
+        context: Some(ledger::Bytes32([7; 32])),
+        body: KeysUsed {
+            uses: vec![KeyUse {
+                key: ledger::KeyId::new("bench-key").expect("valid id"),
+                tenant,
+                version: 1,
+                operation: Operation::Encrypt,
+                principal: "bench-service".into(),
+                request_id: ledger::RequestId::new(format!("use-{i:012}")).expect("valid id"),
+                context: None,
+            }],
+        }
+        .into(),
+    }
+}
+
+/// Size of one framed benchmark entry (raw baselines publish payloads of this size).
+fn bench_entry_size() -> usize {
+    let signer = ledger::sign::EventSigner::new(ed25519_dalek::SigningKey::from_bytes(&[1; 32]));
+    let ledger_id = ledger::LedgerId::new("bench").expect("valid id");
+    let (signed, _) = ledger::sign::chain_and_sign(
+        &signer,
+        &ledger_id,
+        ledger::sign::ChainTip::GENESIS,
+        ledger::sign::now_ms(),
+        &[bench_draft(0)],
+    );
+    signed[0].entry.len()
+}
+
+/// Signed, chained events durably stored: `--events` drafts submitted concurrently (so the
+/// appender's queue always holds the next batch), timed until the last receipt.
+async fn measure_ledger_append(ctx: &BenchCtx, bl: &BenchLedger) -> Result<Rate> {
+    use ledger::nats::{Appender, AppenderConfig};
+    let config = AppenderConfig {
+        max_batch: ctx.args.batch,
+        ..AppenderConfig::default()
+    };
+    let (appender, _) = Appender::open(
+        bl.conn.clone(),
+        ledger::sign::EventSigner::new(bl.secrets.writer.clone()),
+        Some(bl.secrets.root_public()),
+        config,
+        false,
+    )
+    .await?;
+    let drafts: Vec<_> = (0..ctx.payloads.len()).map(bench_draft).collect();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in drafts.chunks(ctx.args.batch) {
+        let (a, chunk) = (appender.clone(), chunk.to_vec());
+        tasks.spawn(async move { a.append_all(chunk).await });
+    }
+    let mut stored = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        stored += r?.context("append")?.len() as u64;
+    }
+    let rate = Rate::since(stored, started);
+    if stored != ctx.payloads.len() as u64 {
+        bail!("stored {stored} of {} events", ctx.payloads.len());
+    }
+    Ok(rate)
+}
+
+/// Replay from sequence 1 with full verification (framing, canonical decoding, signatures,
+/// signer registry, chain links).
+async fn measure_ledger_replay(bl: &BenchLedger) -> Result<Rate> {
+    let mut state =
+        ledger::ChainState::new(bl.conn.names.ledger.clone(), Some(bl.secrets.root_public()));
+    let started = Instant::now();
+    let report = ledger::nats::replay(&bl.conn, &mut state, |_, _| {}).await?;
+    let rate = Rate::since(report.verified, started);
+    if !report.is_clean() {
+        bail!("benchmark ledger does not verify: {report:?}");
+    }
+    Ok(rate)
+}
+
+/// The same verification over messages already in memory: the CPU cost alone, no NATS.
+async fn measure_ledger_verify_in_memory(bl: &BenchLedger) -> Result<Rate> {
+    let last = bl.conn.last_seq().await?;
+    let mut msgs = Vec::new();
+    ledger::nats::reader::read_range(&bl.conn, 1, last, |chunk| {
+        msgs.push(chunk);
+        true
+    })
+    .await?;
+    let mut state =
+        ledger::ChainState::new(bl.conn.names.ledger.clone(), Some(bl.secrets.root_public()));
+    let started = Instant::now();
+    let mut verified = 0u64;
+    for chunk in msgs {
+        let (out, err) = state.check_batch(chunk);
+        if let Some(e) = err {
+            bail!("benchmark ledger does not verify: {e}");
+        }
+        verified += out.len() as u64;
+    }
+    Ok(Rate::since(verified, started))
+}
+
 // --- driver ---------------------------------------------------------------------------------
 
 /// Collects rows; baselines are referred to by the name of an earlier row.
@@ -190,9 +331,22 @@ async fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
         Some(&pipelined),
     )?;
     table.push(&replay, measure_raw_ordered_replay(ctx).await?, None)?;
-    // Ledger rows go here, e.g.
-    // table.push("ledger signed chained append", measure_ledger_append(ctx).await?, Some(&atomic))?;
-    // table.push("ledger verified replay", measure_ledger_replay(ctx).await?, Some(&replay))?;
+    let bl = bench_ledger(ctx).await?;
+    table.push(
+        format!("ledger signed chained append (batch {})", ctx.args.batch),
+        measure_ledger_append(ctx, &bl).await?,
+        Some(&atomic),
+    )?;
+    table.push(
+        "ledger verified replay",
+        measure_ledger_replay(&bl).await?,
+        Some(&replay),
+    )?;
+    table.push(
+        "ledger verification in memory (no NATS)",
+        measure_ledger_verify_in_memory(&bl).await?,
+        None,
+    )?;
     Ok(table.rows)
 }
 
@@ -201,6 +355,7 @@ fn main() -> Result<()> {
     if args.events == 0 {
         bail!("--events must be positive");
     }
+    let payload = args.payload.unwrap_or_else(bench_entry_size);
     let started = Instant::now();
     // Servers are started (blocking) before the runtime and dropped (killed) after it.
     let servers = Servers::start(args.cluster)?;
@@ -217,7 +372,7 @@ fn main() -> Result<()> {
     let title = format!(
         "keyledger bench: {} events x {} B, {}",
         args.events,
-        args.payload,
+        payload,
         servers.describe()
     );
     let rows = runtime.block_on(async {
@@ -229,7 +384,7 @@ fn main() -> Result<()> {
             js: jetstream::new(client.clone()),
             client,
             replicas: servers.replicas(),
-            payloads: make_payloads(args.events, args.payload),
+            payloads: make_payloads(args.events, payload),
             args,
         };
         // On Ctrl-C, return normally so the servers are dropped (killed) below.
