@@ -25,7 +25,7 @@ use crate::ids::RequestId;
 use crate::nats::batch::{BatchError, BatchOutcome, BatchPublisher, OutMsg, MAX_BATCH};
 use crate::nats::reader::read_range;
 use crate::nats::stream::{LedgerConn, StreamError};
-use crate::sign::{chain_and_sign, now_ms, Draft, EventSigner};
+use crate::sign::{chain_and_sign, now_ms, ChainTip, Draft, EventSigner, SignedEntry};
 use crate::verify::{ChainError, ChainState, Checked};
 
 /// Tuning of the appender.
@@ -125,6 +125,10 @@ impl Appender {
             publisher,
             recent: Recent::default(),
             broken: None,
+            jobs: HashMap::new(),
+            next_job: 0,
+            queue: VecDeque::new(),
+            presigned: None,
         };
         tokio::spawn(task.run(rx));
         Ok(Appender { tx })
@@ -174,9 +178,24 @@ impl Recent {
 }
 
 struct Pending {
-    job: usize,
+    job: u64,
     pos: usize,
     draft: Draft,
+}
+
+/// A caller's request, answered when all its drafts are stored (or one fails).
+struct JobState {
+    reply: Reply,
+    receipts: Vec<Option<Receipt>>,
+    left: usize,
+}
+
+/// The next batch, chained and signed while the previous one commits.
+struct Presigned {
+    base: ChainTip,
+    expected: u64,
+    ids: Vec<RequestId>,
+    signed: Vec<SignedEntry>,
 }
 
 struct Task {
@@ -187,86 +206,166 @@ struct Task {
     publisher: BatchPublisher,
     recent: Recent,
     broken: Option<ChainError>,
+    jobs: HashMap<u64, JobState>,
+    next_job: u64,
+    queue: VecDeque<Pending>,
+    presigned: Option<Presigned>,
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let max_batch = self.config.max_batch.clamp(1, MAX_BATCH);
-        while let Some(first) = rx.recv().await {
-            let mut n = first.drafts.len();
-            let mut jobs = vec![first];
-            while n < max_batch {
-                match rx.try_recv() {
-                    Ok(j) => {
-                        n += j.drafts.len();
-                        jobs.push(j);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.serve(jobs, max_batch).await;
-        }
+    fn max_batch(&self) -> usize {
+        self.config.max_batch.clamp(1, MAX_BATCH)
     }
 
-    async fn serve(&mut self, jobs: Vec<Job>, max_batch: usize) {
-        let mut results: Vec<Result<Vec<Option<Receipt>>, AppendError>> = jobs
-            .iter()
-            .map(|j| Ok(vec![None; j.drafts.len()]))
-            .collect();
-        let mut pending = Vec::new();
-        let mut replies = Vec::with_capacity(jobs.len());
-        for (ji, job) in jobs.into_iter().enumerate() {
-            let mut seen = std::collections::HashSet::new();
-            for d in &job.drafts {
-                if !seen.insert(d.request_id.clone()) {
-                    results[ji] = Err(AppendError::DuplicateInCall(d.request_id.clone()));
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        loop {
+            if self.queue.is_empty() {
+                match rx.recv().await {
+                    Some(job) => self.enqueue(job),
+                    None => break,
                 }
             }
-            if results[ji].is_ok() {
-                for (pos, draft) in job.drafts.into_iter().enumerate() {
-                    pending.push(Pending {
-                        job: ji,
-                        pos,
-                        draft,
-                    });
-                }
+            self.drain(&mut rx);
+            let take = self.queue.len().min(self.max_batch());
+            let batch: Vec<Pending> = self.queue.drain(..take).collect();
+            if batch.is_empty() {
+                continue;
             }
-            replies.push(job.reply);
-        }
-        let mut pending: VecDeque<Pending> = pending.into();
-        while !pending.is_empty() {
-            let take = pending.len().min(max_batch);
-            let batch: Vec<Pending> = pending.drain(..take).collect();
-            match self.commit(batch).await {
+            match self.commit(batch, &mut rx).await {
                 Ok(done) => {
                     for (p, r) in done {
-                        if let Ok(v) = &mut results[p.job] {
-                            v[p.pos] = Some(r);
-                        }
+                        self.resolve(p, r);
                     }
                 }
                 Err((e, failed)) => {
-                    for p in failed.iter().chain(pending.iter()) {
-                        results[p.job] = Err(e.clone());
+                    for p in failed {
+                        self.fail(p.job, e.clone());
                     }
-                    pending.clear();
+                    if matches!(e, AppendError::ChainBroken(_) | AppendError::NotAWriter) {
+                        let queued: Vec<u64> = self.queue.drain(..).map(|p| p.job).collect();
+                        for job in queued {
+                            self.fail(job, e.clone());
+                        }
+                    }
                 }
             }
         }
-        for (reply, res) in replies.into_iter().zip(results) {
-            let res = res.and_then(|v| {
-                v.into_iter()
-                    .map(|r| r.ok_or(AppendError::Stopped))
-                    .collect()
-            });
-            let _ = reply.send(res);
+    }
+
+    /// Takes waiting jobs off the channel until two batches are queued.
+    fn drain(&mut self, rx: &mut mpsc::Receiver<Job>) {
+        while self.queue.len() < 2 * self.max_batch() {
+            match rx.try_recv() {
+                Ok(job) => self.enqueue(job),
+                Err(_) => break,
+            }
         }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = job.drafts.iter().find(|d| !seen.insert(&d.request_id)) {
+            let _ = job
+                .reply
+                .send(Err(AppendError::DuplicateInCall(d.request_id.clone())));
+            return;
+        }
+        if job.drafts.is_empty() {
+            let _ = job.reply.send(Ok(Vec::new()));
+            return;
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        let n = job.drafts.len();
+        for (pos, draft) in job.drafts.into_iter().enumerate() {
+            self.queue.push_back(Pending {
+                job: id,
+                pos,
+                draft,
+            });
+        }
+        self.jobs.insert(
+            id,
+            JobState {
+                reply: job.reply,
+                receipts: vec![None; n],
+                left: n,
+            },
+        );
+    }
+
+    fn resolve(&mut self, p: Pending, r: Receipt) {
+        let Some(js) = self.jobs.get_mut(&p.job) else {
+            return; // the job already failed
+        };
+        js.receipts[p.pos] = Some(r);
+        js.left -= 1;
+        if js.left == 0 {
+            if let Some(js) = self.jobs.remove(&p.job) {
+                let receipts = js.receipts.into_iter().flatten().collect();
+                let _ = js.reply.send(Ok(receipts));
+            }
+        }
+    }
+
+    fn fail(&mut self, job: u64, e: AppendError) {
+        if let Some(js) = self.jobs.remove(&job) {
+            let _ = js.reply.send(Err(e));
+        }
+    }
+
+    /// Chains and signs `drafts` onto the current tip, reusing the presigned batch if it was
+    /// made for exactly this tip, expected sequence and these requests.
+    fn signed_for(&mut self, drafts: &[Draft]) -> Vec<SignedEntry> {
+        let tip = self.state.tip();
+        let expected = self.state.last_seq();
+        if let Some(p) = self.presigned.take() {
+            if p.base == tip
+                && p.expected == expected
+                && p.ids.len() == drafts.len()
+                && p.ids.iter().zip(drafts).all(|(a, d)| *a == d.request_id)
+            {
+                return p.signed;
+            }
+        }
+        chain_and_sign(&self.signer, self.state.ledger(), tip, now_ms(), drafts).0
+    }
+
+    /// While `signed` commits, chains and signs the next queued batch on top of it.
+    fn presign_next(&mut self, signed: &[SignedEntry], expected_after: u64) {
+        let Some(last) = signed.last() else { return };
+        let base = ChainTip {
+            next_index: last.event.index + 1,
+            prev: last.hash,
+        };
+        let take = self.queue.len().min(self.max_batch());
+        if take == 0 {
+            return;
+        }
+        let drafts: Vec<Draft> = self
+            .queue
+            .iter()
+            .take(take)
+            .filter(|p| !self.recent.by_id.contains_key(&p.draft.request_id))
+            .map(|p| p.draft.clone())
+            .collect();
+        if drafts.is_empty() || drafts.iter().any(|d| d.body.needs_root()) {
+            return;
+        }
+        let (next, _) = chain_and_sign(&self.signer, self.state.ledger(), base, now_ms(), &drafts);
+        self.presigned = Some(Presigned {
+            base,
+            expected: expected_after,
+            ids: drafts.into_iter().map(|d| d.request_id).collect(),
+            signed: next,
+        });
     }
 
     /// Commits one batch's worth of drafts, retrying as the module doc describes.
     async fn commit(
         &mut self,
         mut batch: Vec<Pending>,
+        rx: &mut mpsc::Receiver<Job>,
     ) -> Result<Vec<(Pending, Receipt)>, (AppendError, Vec<Pending>)> {
         let mut done = Vec::with_capacity(batch.len());
         let mut last_problem = String::new();
@@ -293,13 +392,7 @@ impl Task {
                 return Err((AppendError::NotAWriter, batch));
             }
             let drafts: Vec<Draft> = batch.iter().map(|p| p.draft.clone()).collect();
-            let (signed, _) = chain_and_sign(
-                &self.signer,
-                self.state.ledger(),
-                self.state.tip(),
-                now_ms(),
-                &drafts,
-            );
+            let signed = self.signed_for(&drafts);
             if let Some(big) = signed
                 .iter()
                 .find(|s| s.entry.len() > crate::entry::MAX_ENTRY_LEN)
@@ -320,18 +413,28 @@ impl Task {
                 })
                 .collect();
             let expected = self.state.last_seq();
-            let outcome = self
-                .publisher
-                .publish(&msgs, Some(expected), self.config.commit_timeout)
-                .await;
+            let outcome = match self.publisher.send(&msgs, Some(expected)).await {
+                Ok(sent) => {
+                    // Overlap: sign the next batch while the server commits this one.
+                    self.drain(rx);
+                    self.presign_next(&signed, expected + signed.len() as u64);
+                    self.publisher
+                        .outcome(sent, self.config.commit_timeout)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             match outcome {
                 Ok(BatchOutcome::Committed { last_seq }) => {
-                    let first = last_seq + 1 - signed.len() as u64;
+                    let first = (last_seq + 1).saturating_sub(signed.len() as u64);
                     if first != expected + 1 {
                         // The server honoured the expected sequence, so this cannot happen;
                         // re-read rather than trust our arithmetic.
                         last_problem = format!("commit at {first}, expected {}", expected + 1);
-                        self.catch_up().await.map_err(|e| (e, Vec::new()))?;
+                        self.presigned = None;
+                        if let Err(e) = self.catch_up().await {
+                            return Err((e, batch));
+                        }
                         continue;
                     }
                     if let Err(e) = self.state.accept_own(first, &signed) {
@@ -369,6 +472,7 @@ impl Task {
                     tokio::time::sleep(backoff(attempt)).await;
                 }
             }
+            self.presigned = None;
             if let Err(e) = self.catch_up().await {
                 if let AppendError::ChainBroken(_) = e {
                     return Err((e, batch));

@@ -115,14 +115,25 @@ impl BatchPublisher {
         })
     }
 
-    /// Sends `msgs` as one atomic batch; with `expected_last_seq`, the server commits it only if
-    /// the stream's last sequence is exactly that when the batch commits.
+    /// Sends `msgs` as one atomic batch and waits for the server's verdict.
     pub async fn publish(
         &mut self,
         msgs: &[OutMsg],
         expected_last_seq: Option<u64>,
         timeout: Duration,
     ) -> Result<BatchOutcome, BatchError> {
+        let sent = self.send(msgs, expected_last_seq).await?;
+        self.outcome(sent, timeout).await
+    }
+
+    /// Sends `msgs` as one atomic batch without waiting; with `expected_last_seq`, the server
+    /// commits it only if the stream's last sequence is exactly that when the batch commits.
+    /// Call [`BatchPublisher::outcome`] next (work done in between overlaps the commit).
+    pub async fn send(
+        &mut self,
+        msgs: &[OutMsg],
+        expected_last_seq: Option<u64>,
+    ) -> Result<SentBatch, BatchError> {
         if msgs.is_empty() || msgs.len() > MAX_BATCH {
             return Err(BatchError::Size(msgs.len()));
         }
@@ -147,28 +158,24 @@ impl BatchPublisher {
             if i == last {
                 h.insert(header::NATS_BATCH_COMMIT, "1");
             }
-            let sent = if i == last {
-                self.client
-                    .publish_with_reply_and_headers(
-                        m.subject.clone(),
-                        commit_reply.clone(),
-                        h,
-                        m.payload.clone(),
-                    )
-                    .await
+            let reply = if i == last {
+                Some(commit_reply.clone())
             } else if i == 0 {
-                self.client
-                    .publish_with_reply_and_headers(
-                        m.subject.clone(),
-                        first_reply.clone(),
-                        h,
-                        m.payload.clone(),
-                    )
-                    .await
+                Some(first_reply.clone())
             } else {
-                self.client
-                    .publish_with_headers(m.subject.clone(), h, m.payload.clone())
-                    .await
+                None
+            };
+            let sent = match reply {
+                Some(r) => {
+                    self.client
+                        .publish_with_reply_and_headers(m.subject.clone(), r, h, m.payload.clone())
+                        .await
+                }
+                None => {
+                    self.client
+                        .publish_with_headers(m.subject.clone(), h, m.payload.clone())
+                        .await
+                }
             };
             sent.map_err(|e| BatchError::Nats(e.to_string()))?;
         }
@@ -176,6 +183,22 @@ impl BatchPublisher {
             .flush()
             .await
             .map_err(|e| BatchError::Nats(e.to_string()))?;
+        Ok(SentBatch {
+            first_reply,
+            commit_reply,
+        })
+    }
+
+    /// Waits for the verdict on a sent batch.
+    pub async fn outcome(
+        &mut self,
+        sent: SentBatch,
+        timeout: Duration,
+    ) -> Result<BatchOutcome, BatchError> {
+        let SentBatch {
+            first_reply,
+            commit_reply,
+        } = sent;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut first_error: Option<BatchOutcome> = None;
         loop {
@@ -207,4 +230,11 @@ impl BatchPublisher {
             };
         }
     }
+}
+
+/// A batch that was sent and awaits its verdict.
+#[derive(Debug)]
+pub struct SentBatch {
+    first_reply: String,
+    commit_reply: String,
 }
