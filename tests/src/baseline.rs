@@ -12,29 +12,22 @@
 //! * [`raw_ordered_replay`]: an ordered pull consumer reading the stream from the
 //!   start (the replay ceiling).
 //!
-//! The ADR-50 protocol pieces ([`batch_headers`], [`parse_batch_reply`],
-//! [`await_batch_outcome`]) are public so they can be compared with, or reused by,
-//! the ledger's own implementation.
+//! The atomic batch baseline runs the ledger's own ADR-50 code
+//! ([`ledger::nats::batch::BatchPublisher`]) on pre-built messages, so the ratio isolates
+//! the cost of chaining, signing and verifying.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
-use async_nats::header::{
-    NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
-    NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID,
-};
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::{HeaderMap, StatusCode, Subject};
+use async_nats::Subject;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use serde::Deserialize;
+use ledger::nats::batch::{BatchOutcome, BatchPublisher, OutMsg};
 
 /// ADR-50: the server refuses batches with more messages than this.
 pub const MAX_ATOMIC_BATCH: usize = 1000;
-
-/// ADR-50: longest allowed `Nats-Batch-Id`.
-pub const MAX_BATCH_ID_LEN: usize = 64;
 
 /// How long [`raw_atomic_batch_publish`] waits for a batch's replies.
 pub const BATCH_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,159 +140,15 @@ fn run_id() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ADR-50 atomic batch protocol
+// ADR-50 atomic batch publish (the ledger's own protocol code, without signing or chaining)
 // ---------------------------------------------------------------------------------------------
 
-/// What the server said about an atomic batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BatchOutcome {
-    /// The whole batch was stored; `last_seq` is the stream sequence of its last message.
-    Committed {
-        /// Stream sequence of the batch's last (commit) message.
-        last_seq: u64,
-    },
-    /// Nothing of the batch was stored (e.g. `err_code` 10071: wrong last sequence).
-    Refused {
-        /// JetStream API error code (`err_code`), e.g. 10071.
-        err_code: u64,
-        /// The server's description of the error.
-        description: String,
-    },
-}
-
-/// Headers for message `index` (0-based) of an atomic batch of `len` messages.
-///
-/// Always sets `Nats-Batch-Id` and `Nats-Batch-Sequence` (`index + 1`); the last
-/// message also gets `Nats-Batch-Commit: 1`. `msg_id` becomes `Nats-Msg-Id`;
-/// `expected_last_seq` becomes `Nats-Expected-Last-Sequence` and belongs on the
-/// first message only. The first and last messages must be published with a reply
-/// subject, the others without.
-pub fn batch_headers(
-    batch_id: &str,
-    index: usize,
-    len: usize,
-    msg_id: Option<&str>,
-    expected_last_seq: Option<u64>,
-) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(NATS_BATCH_ID, batch_id);
-    headers.insert(NATS_BATCH_SEQUENCE, (index + 1).to_string());
-    if index + 1 == len {
-        headers.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
-    }
-    if let Some(id) = msg_id {
-        headers.insert(NATS_MESSAGE_ID, id);
-    }
-    if let Some(seq) = expected_last_seq {
-        headers.insert(NATS_EXPECTED_LAST_SEQUENCE, seq.to_string());
-    }
-    headers
-}
-
-/// The JSON the server sends back for a batch message (or any JetStream publish).
-#[derive(Debug, Deserialize)]
-struct RawBatchReply {
-    #[serde(default)]
-    error: Option<RawApiError>,
-    #[serde(default)]
-    seq: Option<u64>,
-}
-
-/// The `error` object of a JetStream API reply.
-#[derive(Debug, Deserialize)]
-struct RawApiError {
-    #[serde(default)]
-    err_code: u64,
-    #[serde(default)]
-    description: String,
-}
-
-/// Parses the payload of a reply to a batch message.
-///
-/// * empty payload: `Ok(None)` (the first message of a batch was accepted);
-/// * `{"error":{..}}`: `Some(Refused { .. })`;
-/// * `{"stream":..,"seq":N,"batch":..,"count":..}`: `Some(Committed { last_seq: N })`.
-pub fn parse_batch_reply(payload: &[u8]) -> Result<Option<BatchOutcome>> {
-    if payload.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let reply: RawBatchReply = serde_json::from_slice(payload).with_context(|| {
-        format!(
-            "malformed batch reply: {:?}",
-            String::from_utf8_lossy(payload)
-        )
-    })?;
-    match (reply.error, reply.seq) {
-        (Some(err), _) => Ok(Some(BatchOutcome::Refused {
-            err_code: err.err_code,
-            description: err.description,
-        })),
-        (None, Some(last_seq)) => Ok(Some(BatchOutcome::Committed { last_seq })),
-        (None, None) => bail!(
-            "batch reply has neither error nor seq: {:?}",
-            String::from_utf8_lossy(payload)
-        ),
-    }
-}
-
-/// Waits on `replies` (a subscription covering both reply subjects) for the
-/// outcome of one batch.
-///
-/// `start_reply` is the reply subject of the batch's first message (`None` for a
-/// one-message batch, whose only message is also the commit). An error reply to
-/// the first message ends the wait at once with `Refused`; otherwise the commit
-/// reply decides. Replies on other subjects (left over from earlier batches) are
-/// ignored. A 503 status (no responders: no stream, or a leader election) and
-/// the `timeout` are errors.
-pub async fn await_batch_outcome(
-    replies: &mut async_nats::Subscriber,
-    start_reply: Option<&str>,
-    commit_reply: &str,
-    timeout: Duration,
-) -> Result<BatchOutcome> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let message = tokio::time::timeout_at(deadline, replies.next())
-            .await
-            .map_err(|_| anyhow!("no batch commit reply within {timeout:?}"))?
-            .ok_or_else(|| anyhow!("reply subscription closed"))?;
-        let subject = message.subject.as_str();
-        let is_commit = subject == commit_reply;
-        if !is_commit && start_reply != Some(subject) {
-            continue;
-        }
-        if let Some(status) = message.status {
-            if status == StatusCode::NO_RESPONDERS {
-                bail!("no responders for the batch (stream missing or electing a leader)");
-            }
-            if status != StatusCode::OK {
-                bail!(
-                    "batch reply status {status}: {}",
-                    message.description.as_deref().unwrap_or("")
-                );
-            }
-        }
-        match parse_batch_reply(&message.payload)? {
-            Some(outcome) if is_commit => return Ok(outcome),
-            None if is_commit => bail!("empty reply to a batch commit"),
-            Some(refused @ BatchOutcome::Refused { .. }) => return Ok(refused),
-            Some(BatchOutcome::Committed { last_seq }) => {
-                bail!("first message of a batch acknowledged as committed at seq {last_seq}")
-            }
-            None => {} // the batch was started; wait for the commit
-        }
-    }
-}
-
-/// ADR-50 atomic batch publish of `payloads` to `subject` (which must belong to
-/// `stream`, created with `allow_atomic_publish: true`).
-///
-/// Messages and headers are built before the clock starts. Batches of
-/// `batch_size` (1..=1000) are sent one at a time: the first message carries
-/// `Nats-Expected-Last-Sequence: <head>` and every message a unique `Nats-Msg-Id`;
-/// the head starts at the stream's last sequence and then follows each commit's
-/// PubAck. First and last messages are published with replies on one wildcard
-/// inbox subscription, so wire order is kept. Any refusal is an error.
+/// ADR-50 atomic batch publish of pre-built `payloads` to `subject` (which must belong to
+/// `stream`, created with `allow_atomic_publish: true`), through the same
+/// [`ledger::nats::batch::BatchPublisher`] the appender uses: batches of `batch_size`
+/// (1..=1000), one in flight, `Nats-Expected-Last-Sequence` on each batch's first message
+/// (following each commit's PubAck) and a unique `Nats-Msg-Id` on every message. This is the
+/// ceiling of an unforkable append. Any refusal is an error.
 pub async fn raw_atomic_batch_publish(
     client: &async_nats::Client,
     stream: &str,
@@ -319,82 +168,36 @@ pub async fn raw_atomic_batch_publish(
         .cached_info()
         .state
         .last_sequence;
-    let subject = Subject::from(subject);
     let run = run_id();
-    let batches: Vec<Vec<(HeaderMap, Bytes)>> = payloads
+    let batches: Vec<Vec<OutMsg>> = payloads
         .chunks(batch_size)
         .enumerate()
         .map(|(b, chunk)| {
-            let batch_id = format!("{run}-{b}");
-            debug_assert!(batch_id.len() <= MAX_BATCH_ID_LEN);
             chunk
                 .iter()
                 .enumerate()
-                .map(|(i, payload)| {
-                    let msg_id = format!("{run}-{}", b * batch_size + i);
-                    let headers = batch_headers(&batch_id, i, chunk.len(), Some(&msg_id), None);
-                    (headers, payload.clone())
+                .map(|(i, payload)| OutMsg {
+                    subject: subject.to_owned(),
+                    msg_id: format!("{run}-{}", b * batch_size + i),
+                    payload: payload.clone(),
                 })
                 .collect()
         })
         .collect();
-
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(format!("{inbox}.*"))
-        .await
-        .context("subscribing to the batch reply inbox")?;
-
+    let mut publisher = BatchPublisher::new(client.clone()).await?;
     let started = Instant::now();
-    for (b, batch) in batches.into_iter().enumerate() {
-        let len = batch.len();
-        let start_reply = format!("{inbox}.s{b}");
-        let commit_reply = format!("{inbox}.c{b}");
-        for (i, (mut headers, payload)) in batch.into_iter().enumerate() {
-            if i == 0 {
-                // The only header that depends on the previous commit.
-                headers.insert(NATS_EXPECTED_LAST_SEQUENCE, head.to_string());
-            }
-            let reply = if i + 1 == len {
-                Some(&commit_reply)
-            } else if i == 0 {
-                Some(&start_reply)
-            } else {
-                None
-            };
-            match reply {
-                Some(reply) => {
-                    client
-                        .publish_with_reply_and_headers(
-                            subject.clone(),
-                            reply.clone(),
-                            headers,
-                            payload,
-                        )
-                        .await?
-                }
-                None => {
-                    client
-                        .publish_with_headers(subject.clone(), headers, payload)
-                        .await?
-                }
-            }
-        }
-        let start_reply = (len > 1).then_some(start_reply.as_str());
-        match await_batch_outcome(
-            &mut replies,
-            start_reply,
-            &commit_reply,
-            BATCH_REPLY_TIMEOUT,
-        )
-        .await
-        .with_context(|| format!("batch {b} (expected head {head})"))?
+    for (b, batch) in batches.iter().enumerate() {
+        match publisher
+            .publish(batch, Some(head), BATCH_REPLY_TIMEOUT)
+            .await
+            .with_context(|| format!("batch {b} (expected head {head})"))?
         {
             BatchOutcome::Committed { last_seq } => {
                 ensure!(
-                    last_seq == head + len as u64,
-                    "batch {b} of {len} committed at seq {last_seq}, expected {}",
-                    head + len as u64
+                    last_seq == head + batch.len() as u64,
+                    "batch {b} of {} committed at seq {last_seq}, expected {}",
+                    batch.len(),
+                    head + batch.len() as u64
                 );
                 head = last_seq;
             }
@@ -489,47 +292,6 @@ pub async fn raw_ordered_replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn headers_follow_adr50() {
-        let first = batch_headers("b", 0, 3, Some("m0"), Some(7));
-        assert_eq!(first.get(NATS_BATCH_ID).map(|v| v.as_str()), Some("b"));
-        assert_eq!(
-            first.get(NATS_BATCH_SEQUENCE).map(|v| v.as_str()),
-            Some("1")
-        );
-        assert_eq!(first.get(NATS_MESSAGE_ID).map(|v| v.as_str()), Some("m0"));
-        assert_eq!(
-            first.get(NATS_EXPECTED_LAST_SEQUENCE).map(|v| v.as_str()),
-            Some("7")
-        );
-        assert!(first.get(NATS_BATCH_COMMIT).is_none());
-        let last = batch_headers("b", 2, 3, None, None);
-        assert_eq!(last.get(NATS_BATCH_SEQUENCE).map(|v| v.as_str()), Some("3"));
-        assert_eq!(last.get(NATS_BATCH_COMMIT).map(|v| v.as_str()), Some("1"));
-        assert!(last.get(NATS_EXPECTED_LAST_SEQUENCE).is_none());
-    }
-
-    #[test]
-    fn replies_parse() -> Result<()> {
-        assert_eq!(parse_batch_reply(b"")?, None);
-        assert_eq!(
-            parse_batch_reply(br#"{"stream":"S","seq":42,"batch":"b","count":3}"#)?,
-            Some(BatchOutcome::Committed { last_seq: 42 })
-        );
-        assert_eq!(
-            parse_batch_reply(
-                br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"}}"#
-            )?,
-            Some(BatchOutcome::Refused {
-                err_code: 10071,
-                description: "wrong last sequence: 5".into()
-            })
-        );
-        assert!(parse_batch_reply(b"{}").is_err());
-        assert!(parse_batch_reply(b"nope").is_err());
-        Ok(())
-    }
 
     #[test]
     fn payloads_are_distinct_and_sized() {

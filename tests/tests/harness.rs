@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bytes::Bytes;
 use keyledger_tests::baseline::{self, create_stream_retrying, make_payloads};
 use keyledger_tests::harness::{NatsCluster, NatsServer};
+use ledger::nats::batch::{BatchOutcome, BatchPublisher, OutMsg};
 
 /// Ack timeout for test contexts: short, so a dead leader is noticed quickly.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -257,39 +258,19 @@ async fn atomic_batch_with_stale_head_is_refused_whole() -> Result<()> {
         .await?;
 
     // A batch expecting head 0 while the stream is at 1.
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(format!("{inbox}.*")).await?;
-    let (start, commit) = (format!("{inbox}.s"), format!("{inbox}.c"));
-    for i in 0..3 {
-        let headers = baseline::batch_headers("stale", i, 3, None, (i == 0).then_some(0));
-        let payload = Bytes::from(format!("{i}"));
-        match i {
-            0 => {
-                client
-                    .publish_with_reply_and_headers("b.stale", start.clone(), headers, payload)
-                    .await?
-            }
-            2 => {
-                client
-                    .publish_with_reply_and_headers("b.stale", commit.clone(), headers, payload)
-                    .await?
-            }
-            _ => {
-                client
-                    .publish_with_headers("b.stale", headers, payload)
-                    .await?
-            }
-        }
-    }
-    let outcome = baseline::await_batch_outcome(
-        &mut replies,
-        Some(&start),
-        &commit,
-        baseline::BATCH_REPLY_TIMEOUT,
-    )
-    .await?;
+    let mut publisher = BatchPublisher::new(client.clone()).await?;
+    let msgs: Vec<OutMsg> = (0..3)
+        .map(|i| OutMsg {
+            subject: "b.stale".into(),
+            msg_id: format!("stale-{i}"),
+            payload: Bytes::from(format!("{i}")),
+        })
+        .collect();
+    let outcome = publisher
+        .publish(&msgs, Some(0), baseline::BATCH_REPLY_TIMEOUT)
+        .await?;
     match outcome {
-        baseline::BatchOutcome::Refused { err_code, .. } => assert_eq!(err_code, 10071),
+        BatchOutcome::Refused { err_code, .. } => assert_eq!(err_code, 10071),
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(message_count(&js, "B_STALE").await?, 1, "nothing stored");

@@ -238,3 +238,29 @@ pub struct SentBatch {
     first_reply: String,
     commit_reply: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse() {
+        assert_eq!(parse_reply(b"").unwrap(), None);
+        assert_eq!(
+            parse_reply(br#"{"stream":"S","seq":42,"batch":"b","count":3}"#).unwrap(),
+            Some(BatchOutcome::Committed { last_seq: 42 })
+        );
+        assert_eq!(
+            parse_reply(
+                br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 5"}}"#
+            )
+            .unwrap(),
+            Some(BatchOutcome::Refused {
+                err_code: 10071,
+                description: "wrong last sequence: 5".into()
+            })
+        );
+        assert!(parse_reply(b"{}").is_err());
+        assert!(parse_reply(b"nope").is_err());
+    }
+}
