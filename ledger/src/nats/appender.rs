@@ -110,6 +110,16 @@ impl Appender {
         state: ChainState,
         config: AppenderConfig,
     ) -> Result<Appender, AppendError> {
+        Appender::start_with(conn, signer, state, config, Recent::default()).await
+    }
+
+    async fn start_with(
+        conn: LedgerConn,
+        signer: EventSigner,
+        state: ChainState,
+        config: AppenderConfig,
+        recent: Recent,
+    ) -> Result<Appender, AppendError> {
         if let Some(e) = state.halted() {
             return Err(AppendError::ChainBroken(e.clone()));
         }
@@ -123,7 +133,7 @@ impl Appender {
             state,
             config,
             publisher,
-            recent: Recent::default(),
+            recent,
             broken: None,
             jobs: HashMap::new(),
             next_job: 0,
@@ -572,9 +582,41 @@ impl Appender {
             .await
             .map_err(|e| AppendError::Stream(e.to_string()))?;
         let mut state = ChainState::new(conn.names.ledger.clone(), pinned_root);
-        let report = crate::nats::reader::replay(&conn, &mut state, |_, _| {})
+        // Replay and verify everything; remember the request ids of the dedupe window so a
+        // request retried across a restart is answered from the chain, not appended again.
+        let target = conn
+            .last_seq()
             .await
             .map_err(|e| AppendError::Stream(e.to_string()))?;
+        let cutoff = now_ms().saturating_sub(config.dedupe_window.as_millis() as u64);
+        let mut recent = Recent::default();
+        let mut report = crate::nats::reader::ReplayReport::default();
+        crate::nats::reader::read_range(&conn, 1, target, |chunk| {
+            let (out, err) = state.check_batch(chunk);
+            for c in out {
+                match c {
+                    Checked::Event(v) => {
+                        report.verified += 1;
+                        let e = v.event();
+                        if e.time_ms >= cutoff {
+                            let r = Receipt {
+                                seq: v.seq(),
+                                index: e.index,
+                                hash: v.hash(),
+                                already_present: true,
+                            };
+                            recent.insert(e.time_ms, e.request_id.clone(), r);
+                        }
+                    }
+                    Checked::Foreign(f) => report.foreign.push(f),
+                }
+            }
+            report.last_seq = state.last_seq();
+            report.chain_break = err;
+            report.chain_break.is_none()
+        })
+        .await
+        .map_err(|e| AppendError::Stream(e.to_string()))?;
         for f in &report.foreign {
             tracing::error!(seq = f.seq, reason = %f.reason, "ALARM: foreign message in the ledger stream");
         }
@@ -584,7 +626,7 @@ impl Appender {
         if !state.is_active_writer(&signer.id()) {
             return Err(AppendError::NotAWriter);
         }
-        let appender = Appender::start(conn, signer, state, config).await?;
+        let appender = Appender::start_with(conn, signer, state, config, recent).await?;
         Ok((appender, report))
     }
 }
