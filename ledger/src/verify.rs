@@ -408,6 +408,9 @@ impl ChainState {
                 if entry::signer_id(&g.root_key.0) != signer {
                     return foreign(ForeignReason::UnknownSigner { signer });
                 }
+                if genesis_key(&p.event).is_none_or(|k| k.is_weak()) {
+                    return foreign(ForeignReason::InvalidEnrolment("invalid or weak root key"));
+                }
             }
         } else {
             let Some(info) = self.signers.get(&signer) else {
