@@ -742,7 +742,7 @@ mod tests {
     // ---- properties -----------------------------------------------------------------------
 
     fn id() -> impl Strategy<Value = String> {
-        "[A-Za-z0-9_-]{1,64}"
+        "[A-Za-z0-9_-]{1,64}".prop_filter("\"_\" alone is reserved", |s| s != "_")
     }
 
     proptest! {

@@ -185,6 +185,13 @@ struct Parsed {
     sig: [u8; 64],
 }
 
+/// Whether a signature was checked in the batch pass, or must be checked when folded.
+#[derive(Clone, Copy)]
+enum SigCheck {
+    Done(bool),
+    Pending,
+}
+
 enum Stage {
     Parsed(Box<Parsed>),
     Foreign(ForeignMessage),
@@ -282,33 +289,16 @@ impl ChainState {
                 .map(|(seq, entry)| self.parse(seq, entry))
                 .collect()
         };
-        // 2. Candidate key for each signature: the registry plus enrolments earlier in this batch.
-        let mut overlay: HashMap<Bytes32, VerifyingKey> = HashMap::new();
+        // 2. The key for each signature, from the registry as it stood before this batch (and
+        //    a genesis event's own root key). Signers enrolled inside the batch are checked one
+        //    by one when folded, against the registry at that point: an unverified enrolment
+        //    must never decide which key a later event is checked with.
         let keys: Vec<Option<VerifyingKey>> = staged
             .iter()
             .map(|s| match s {
-                Stage::Parsed(p) => {
-                    let key = self
-                        .signers
-                        .get(&p.event.signer)
-                        .map(|i| i.key)
-                        .or_else(|| overlay.get(&p.event.signer).copied())
-                        .or_else(|| genesis_key(&p.event));
-                    match &p.event.body {
-                        EventBody::SignerEnrolled(e) => {
-                            if let Ok(k) = VerifyingKey::from_bytes(&e.public_key.0) {
-                                overlay.insert(e.signer, k);
-                            }
-                        }
-                        EventBody::LedgerCreated(_) => {
-                            if let Some(k) = genesis_key(&p.event) {
-                                overlay.insert(p.event.signer, k);
-                            }
-                        }
-                        _ => {}
-                    }
-                    key
-                }
+                // Genesis events are rare: checked when folded, with the key that applies then.
+                Stage::Parsed(p) if matches!(p.event.body, EventBody::LedgerCreated(_)) => None,
+                Stage::Parsed(p) => self.signers.get(&p.event.signer).map(|i| i.key),
                 Stage::Foreign(_) => None,
             })
             .collect();
@@ -333,7 +323,11 @@ impl ChainState {
                 self.halted = Some(e.clone());
                 return (out, Some(e));
             }
-            match self.fold(stage, key.is_some() && ok) {
+            let sig = match key {
+                Some(_) => SigCheck::Done(ok),
+                None => SigCheck::Pending,
+            };
+            match self.fold(stage, sig) {
                 Ok(c) => {
                     self.last_seq = seq;
                     if let Checked::Foreign(f) = &c {
@@ -385,7 +379,7 @@ impl ChainState {
         }))
     }
 
-    fn fold(&mut self, stage: Stage, sig_ok: bool) -> Result<Checked, ChainError> {
+    fn fold(&mut self, stage: Stage, sig: SigCheck) -> Result<Checked, ChainError> {
         let p = match stage {
             Stage::Foreign(f) => return Ok(Checked::Foreign(f)),
             Stage::Parsed(p) => *p,
@@ -431,6 +425,26 @@ impl ChainState {
                 });
             }
         }
+        let sig_ok = match sig {
+            SigCheck::Done(ok) => ok,
+            // Genesis, or a signer enrolled earlier in this batch: check now, against the
+            // genesis event's own root key (first genesis) or the registry's key.
+            SigCheck::Pending => {
+                let key = if is_genesis && self.head.is_none() {
+                    genesis_key(&p.event)
+                } else {
+                    self.signers.get(&signer).map(|info| info.key)
+                };
+                let body = &p.entry[p.body_range.0..p.body_range.1];
+                key.is_some_and(|k| {
+                    k.verify_strict(
+                        &entry::signing_message(body),
+                        &Signature::from_bytes(&p.sig),
+                    )
+                    .is_ok()
+                })
+            }
+        };
         if !sig_ok {
             return foreign(ForeignReason::BadSignature { signer });
         }

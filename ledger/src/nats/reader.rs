@@ -105,10 +105,13 @@ async fn read_chunks(
             Ok(Some(Err(e))) => return Err(StreamError::Nats(e.to_string())),
             Ok(Some(Ok(m))) => m,
         };
-        let info = msg
-            .info()
-            .map_err(|e| StreamError::Nats(e.to_string()))?;
+        let info = msg.info().map_err(|e| StreamError::Nats(e.to_string()))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
+        // An ordered consumer recreated before its first delivery restarts from sequence 1
+        // (async-nats 0.51 uses DeliverPolicy::All then); skip anything before `from`.
+        if seq < from {
+            continue;
+        }
         if seq > to {
             break;
         }
