@@ -174,18 +174,26 @@ impl Recent {
             self.order.push_back((time_ms, id));
         }
     }
+    /// Forgets ids older than `window` by the events' own clocks, but always keeps the most
+    /// recent [`RECENT_KEEP`] ids: a writer whose clock lags must not make its events look old
+    /// while the server's duplicate window (server clock) still knows them.
     fn expire(&mut self, now_ms: u64, window: Duration) {
         let cutoff = now_ms.saturating_sub(window.as_millis() as u64);
-        while let Some((t, _)) = self.order.front() {
-            if *t >= cutoff {
-                break;
-            }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.by_id.remove(&id);
+        while self.order.len() > RECENT_KEEP {
+            match self.order.front() {
+                Some((t, _)) if *t < cutoff => {
+                    if let Some((_, id)) = self.order.pop_front() {
+                        self.by_id.remove(&id);
+                    }
+                }
+                _ => break,
             }
         }
     }
 }
+
+/// Request ids always remembered, whatever their events' timestamps say.
+pub const RECENT_KEEP: usize = 100_000;
 
 struct Pending {
     job: u64,
@@ -588,7 +596,7 @@ impl Appender {
             .last_seq()
             .await
             .map_err(|e| AppendError::Stream(e.to_string()))?;
-        let cutoff = now_ms().saturating_sub(config.dedupe_window.as_millis() as u64);
+        let now = now_ms();
         let mut recent = Recent::default();
         let mut report = crate::nats::reader::ReplayReport::default();
         crate::nats::reader::read_range(&conn, 1, target, |chunk| {
@@ -598,19 +606,18 @@ impl Appender {
                     Checked::Event(v) => {
                         report.verified += 1;
                         let e = v.event();
-                        if e.time_ms >= cutoff {
-                            let r = Receipt {
-                                seq: v.seq(),
-                                index: e.index,
-                                hash: v.hash(),
-                                already_present: true,
-                            };
-                            recent.insert(e.time_ms, e.request_id.clone(), r);
-                        }
+                        let r = Receipt {
+                            seq: v.seq(),
+                            index: e.index,
+                            hash: v.hash(),
+                            already_present: true,
+                        };
+                        recent.insert(e.time_ms, e.request_id.clone(), r);
                     }
                     Checked::Foreign(f) => report.foreign.push(f),
                 }
             }
+            recent.expire(now, config.dedupe_window);
             report.last_seq = state.last_seq();
             report.chain_break = err;
             report.chain_break.is_none()
