@@ -583,35 +583,37 @@ async fn demo(cli: &Cli, a: &UnsealArgs) -> Result<ExitCode> {
     verify(cli, Some(&root_public.to_hex())).await
 }
 
-/// Finds a version's sealed material by replaying the chain (the projector's job, done by hand).
+/// Finds a version's sealed material (and the request that sealed it) in the key-state
+/// projection rebuilt from the verified chain.
 async fn find_version(
     conn: &LedgerConn,
     key: &KeyId,
     version: u32,
 ) -> Result<(ledger::seal::SealedMaterial, RequestId)> {
     let mut state = ChainState::new(conn.names.ledger.clone(), None);
+    let mut keys = projector::KeyStates::new();
     let last = conn.last_seq().await?;
-    let mut found = None;
     ledger::nats::reader::read_range(conn, 1, last, |chunk| {
-        for c in state.check_batch(chunk).0 {
+        let (out, err) = state.check_batch(chunk);
+        for c in &out {
             if let Checked::Event(v) = c {
-                let e = v.event();
-                let vm = match &e.body {
-                    EventBody::KeyCreated(k) if &k.spec.key == key => Some(&k.material),
-                    EventBody::KeyRotated(k) if &k.key == key => Some(&k.material),
-                    _ => None,
-                };
-                if let Some(vm) = vm.filter(|vm| vm.version == version) {
-                    found = vm
-                        .sealed
-                        .first()
-                        .cloned()
-                        .map(|s| (s, e.request_id.clone()));
-                }
+                keys.apply(v);
             }
         }
-        true
+        err.is_none()
     })
     .await?;
-    found.with_context(|| format!("{key} v{version} not found"))
+    if let Some(e) = state.halted() {
+        bail!("{e}");
+    }
+    let v = keys
+        .get(key)
+        .and_then(|k| k.versions.get(&version))
+        .with_context(|| format!("{key} v{version} not found"))?;
+    let sealed = v
+        .sealed
+        .first()
+        .cloned()
+        .context("version has no sealed material")?;
+    Ok((sealed, v.created_by.clone()))
 }
