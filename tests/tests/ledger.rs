@@ -1729,3 +1729,68 @@ async fn cli_init_verify_and_demo() -> Result<()> {
     assert!(report.verified > 2, "demo appended events");
     Ok(())
 }
+
+/// A request id the server's duplicate window knows but the writer cannot find in the chain
+/// (here: a stray message that took the id) is refused alone with `DuplicateUnknown`; the other
+/// requests batched with it are still stored, and the writer keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_duplicate_request_id_is_isolated() -> Result<()> {
+    let server = NatsServer::start()?;
+    within(60, async {
+        let (conn, secrets) = setup(&server.url(), "dupiso", &StreamSettings::default()).await?;
+        let appender = open_writer(&conn, &secrets, false).await?;
+        let taken = draft("taken");
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(Bytes::from_static(b"stray"))
+            .message_id(taken.request_id.to_string());
+        let stray_seq = conn
+            .js
+            .send_publish(format!("keyledger.{}.ev._._", conn.names.ledger), msg)
+            .await?
+            .await?
+            .sequence;
+        let others = drafts("other", 5);
+        let mut call = vec![taken.clone()];
+        call.extend(others.clone());
+        match appender.append_all(call).await {
+            Err(ledger::nats::AppendError::DuplicateUnknown(id)) => {
+                ensure!(id == taken.request_id, "refused {id}, not the taken id")
+            }
+            other => bail!("expected DuplicateUnknown, got {other:?}"),
+        }
+        let later = appender.append(draft("later")).await?;
+        ensure!(!later.already_present);
+        let stored = stored_request_ids_allowing_foreign(&conn, secrets.root_public()).await?;
+        for d in &others {
+            ensure!(
+                stored.get(&d.request_id) == Some(&1),
+                "{} not stored once",
+                d.request_id
+            );
+        }
+        ensure!(
+            !stored.contains_key(&taken.request_id),
+            "the taken id was appended"
+        );
+        let report = verify(&conn, secrets.root_public()).await?;
+        ensure!(report.chain_break.is_none());
+        ensure!(report.foreign.iter().map(|f| f.seq).collect::<Vec<_>>() == [stray_seq]);
+        Ok(())
+    })
+    .await
+}
+
+async fn stored_request_ids_allowing_foreign(
+    conn: &LedgerConn,
+    root: Bytes32,
+) -> Result<HashMap<RequestId, u32>> {
+    let (out, broken, _) = check_all(conn, root).await?;
+    ensure!(broken.is_none(), "chain broken: {broken:?}");
+    let mut count: HashMap<RequestId, u32> = HashMap::new();
+    for c in &out {
+        if let Checked::Event(v) = c {
+            *count.entry(v.event().request_id.clone()).or_default() += 1;
+        }
+    }
+    Ok(count)
+}

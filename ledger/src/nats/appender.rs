@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bytes32::EventHash;
 use crate::ids::RequestId;
-use crate::nats::batch::{BatchError, BatchOutcome, BatchPublisher, OutMsg, MAX_BATCH};
+use crate::nats::batch::{
+    BatchError, BatchOutcome, BatchPublisher, OutMsg, ERR_BATCH_DUPLICATE_MSG_ID, MAX_BATCH,
+};
 use crate::nats::reader::read_range;
 use crate::nats::stream::{LedgerConn, StreamError};
 use crate::sign::{chain_and_sign, now_ms, ChainTip, Draft, EventSigner, SignedEntry};
@@ -79,6 +81,8 @@ pub enum AppendError {
     Exhausted { attempts: u32, last: String },
     #[error("request id {0} appears twice in one call")]
     DuplicateInCall(RequestId),
+    #[error("request id {0} was already used, too long ago for its receipt to be known")]
+    DuplicateUnknown(RequestId),
     #[error("event of {len} bytes is too large")]
     TooLarge { len: usize },
     #[error("appender stopped")]
@@ -471,6 +475,33 @@ impl Task {
                         done.push((p, r));
                     }
                     return Ok(done);
+                }
+                Ok(BatchOutcome::Refused {
+                    err_code,
+                    description: _,
+                }) if err_code == ERR_BATCH_DUPLICATE_MSG_ID => {
+                    // A request id the server's duplicate window knows but we do not (it is
+                    // older than our memory). Re-read; if that does not explain it, isolate the
+                    // duplicate: the rest of the batch goes back to the queue, and a lone
+                    // duplicate is refused alone instead of failing the whole batch.
+                    self.presigned = None;
+                    if let Err(e) = self.catch_up().await {
+                        return Err((e, batch));
+                    }
+                    if batch
+                        .iter()
+                        .any(|p| self.recent.by_id.contains_key(&p.draft.request_id))
+                    {
+                        continue;
+                    }
+                    if batch.len() > 1 {
+                        for p in batch.drain(1..).rev() {
+                            self.queue.push_front(p);
+                        }
+                        continue;
+                    }
+                    let id = batch[0].draft.request_id.clone();
+                    return Err((AppendError::DuplicateUnknown(id), batch));
                 }
                 Ok(BatchOutcome::Refused {
                     err_code,
