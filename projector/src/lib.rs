@@ -11,9 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use ledger::event::{
-    Grant, KeySpec, KeyState, KeyType, Label, SealedMaterial, SplitSpec, VersionMaterial,
-};
+use ledger::event::{Grant, KeySpec, KeyState, SealedMaterial, VersionMaterial};
 use ledger::{EventBody, KeyId, RequestId, TenantId, VerifiedEvent};
 
 /// One key version as the ledger knows it.
@@ -34,17 +32,11 @@ pub struct VersionView {
 /// The current state of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyView {
-    pub key: KeyId,
-    pub tenant: TenantId,
-    pub name: String,
-    pub key_type: KeyType,
+    /// What the key is, as created or imported (its `state` field is the *initial* state).
+    pub spec: KeySpec,
     pub state: KeyState,
-    pub exportable: bool,
-    pub rotation_period_s: Option<u64>,
-    pub split: Option<SplitSpec>,
-    pub labels: Vec<Label>,
-    /// Imported keys: the foreign key that wraps the material, if it arrived wrapped.
     pub imported: bool,
+    /// Imported keys: the foreign key that wraps the material, if it arrived wrapped.
     pub wrapped_by: Option<String>,
     pub versions: BTreeMap<u32, VersionView>,
     pub min_encrypt_version: u32,
@@ -96,7 +88,7 @@ impl KeyStates {
 
     /// Keys of one tenant, in key-id order.
     pub fn of_tenant<'a>(&'a self, tenant: &'a TenantId) -> impl Iterator<Item = &'a KeyView> {
-        self.keys.values().filter(move |k| &k.tenant == tenant)
+        self.keys.values().filter(move |k| &k.spec.tenant == tenant)
     }
 
     pub fn len(&self) -> usize {
@@ -155,15 +147,8 @@ impl KeyStates {
         };
         let new_key =
             |spec: &KeySpec, m: &VersionMaterial, wrapped_by: Option<&String>, imported| KeyView {
-                key: spec.key.clone(),
-                tenant: spec.tenant.clone(),
-                name: spec.name.clone(),
-                key_type: spec.key_type,
+                spec: spec.clone(),
                 state: spec.state,
-                exportable: spec.exportable,
-                rotation_period_s: spec.rotation_period_s,
-                split: spec.split,
-                labels: spec.labels.clone(),
                 imported,
                 wrapped_by: wrapped_by.cloned(),
                 versions: BTreeMap::from([(m.version, version_view(m))]),
