@@ -592,18 +592,9 @@ async fn find_version(
 ) -> Result<(ledger::seal::SealedMaterial, RequestId)> {
     let mut state = ChainState::new(conn.names.ledger.clone(), None);
     let mut keys = projector::KeyStates::new();
-    let last = conn.last_seq().await?;
-    ledger::nats::reader::read_range(conn, 1, last, |chunk| {
-        let (out, err) = state.check_batch(chunk);
-        for c in &out {
-            if let Checked::Event(v) = c {
-                keys.apply(v);
-            }
-        }
-        err.is_none()
-    })
-    .await?;
-    if let Some(e) = state.halted() {
+    let report =
+        ledger::nats::reader::replay_each(conn, &mut state, |_, _| {}, |v| keys.apply(v)).await?;
+    if let Some(e) = report.chain_break {
         bail!("{e}");
     }
     let v = keys

@@ -178,6 +178,18 @@ impl Recent {
             self.order.push_back((time_ms, id));
         }
     }
+    /// Remembers a verified event of the chain (ours or another writer's).
+    fn remember(&mut self, v: &crate::verify::VerifiedEvent) {
+        let e = v.event();
+        let r = Receipt {
+            seq: v.seq(),
+            index: e.index,
+            hash: v.hash(),
+            already_present: true,
+        };
+        self.insert(e.time_ms, e.request_id.clone(), r);
+    }
+
     /// Forgets ids older than `window` by the events' own clocks, but always keeps the most
     /// recent [`RECENT_KEEP`] ids: a writer whose clock lags must not make its events look old
     /// while the server's duplicate window (server clock) still knows them.
@@ -578,16 +590,7 @@ impl Task {
         let (out, err) = self.state.check_batch(msgs);
         for c in out {
             match c {
-                Checked::Event(v) => {
-                    let r = Receipt {
-                        seq: v.seq(),
-                        index: v.event().index,
-                        hash: v.hash(),
-                        already_present: true,
-                    };
-                    self.recent
-                        .insert(v.event().time_ms, v.event().request_id.clone(), r);
-                }
+                Checked::Event(v) => self.recent.remember(&v),
                 Checked::Foreign(f) => {
                     tracing::error!(seq = f.seq, reason = %f.reason, "ALARM: foreign message in the ledger stream");
                 }
@@ -623,36 +626,17 @@ impl Appender {
         let mut state = ChainState::new(conn.names.ledger.clone(), pinned_root);
         // Replay and verify everything; remember the request ids of the dedupe window so a
         // request retried across a restart is answered from the chain, not appended again.
-        let target = conn
-            .last_seq()
-            .await
-            .map_err(|e| AppendError::Stream(e.to_string()))?;
         let now = now_ms();
         let mut recent = Recent::default();
-        let mut report = crate::nats::reader::ReplayReport::default();
-        crate::nats::reader::read_range(&conn, 1, target, |chunk| {
-            let (out, err) = state.check_batch(chunk);
-            for c in out {
-                match c {
-                    Checked::Event(v) => {
-                        report.verified += 1;
-                        let e = v.event();
-                        let r = Receipt {
-                            seq: v.seq(),
-                            index: e.index,
-                            hash: v.hash(),
-                            already_present: true,
-                        };
-                        recent.insert(e.time_ms, e.request_id.clone(), r);
-                    }
-                    Checked::Foreign(f) => report.foreign.push(f),
-                }
-            }
-            recent.expire(now, config.dedupe_window);
-            report.last_seq = state.last_seq();
-            report.chain_break = err;
-            report.chain_break.is_none()
-        })
+        let report = crate::nats::reader::replay_each(
+            &conn,
+            &mut state,
+            |_, _| {},
+            |v| {
+                recent.remember(v);
+                recent.expire(now, config.dedupe_window);
+            },
+        )
         .await
         .map_err(|e| AppendError::Stream(e.to_string()))?;
         for f in &report.foreign {

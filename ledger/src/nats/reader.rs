@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::nats::stream::{LedgerConn, StreamError};
-use crate::verify::{ChainError, ChainState, Checked, ForeignMessage};
+use crate::verify::{ChainError, ChainState, Checked, ForeignMessage, VerifiedEvent};
 
 /// Messages folded per verification batch.
 pub const REPLAY_CHUNK: usize = 2048;
@@ -137,7 +137,17 @@ async fn read_chunks(
 pub async fn replay(
     conn: &LedgerConn,
     state: &mut ChainState,
+    progress: impl FnMut(u64, u64),
+) -> Result<ReplayReport, StreamError> {
+    replay_each(conn, state, progress, |_| {}).await
+}
+
+/// [`replay`], handing every verified event to `on_event` as it is folded.
+pub async fn replay_each(
+    conn: &LedgerConn,
+    state: &mut ChainState,
     mut progress: impl FnMut(u64, u64),
+    mut on_event: impl FnMut(&VerifiedEvent),
 ) -> Result<ReplayReport, StreamError> {
     let target = conn.last_seq().await?;
     let mut report = ReplayReport {
@@ -148,7 +158,10 @@ pub async fn replay(
         let (out, err) = state.check_batch(chunk);
         for c in out {
             match c {
-                Checked::Event(_) => report.verified += 1,
+                Checked::Event(v) => {
+                    report.verified += 1;
+                    on_event(&v);
+                }
                 Checked::Foreign(f) => report.foreign.push(f),
             }
         }
