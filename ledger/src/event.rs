@@ -14,6 +14,7 @@ use serde_bytes::ByteBuf;
 
 use crate::bytes32::{Bytes32, EventHash};
 use crate::ids::{KeyId, LedgerId, RequestId, TenantId};
+pub use crate::quote::Quote;
 pub use crate::seal::SealedMaterial;
 use crate::string_enum;
 
@@ -398,6 +399,15 @@ pub struct MaterialAccessed {
     pub sealed_to: Option<Bytes32>,
 }
 
+/// A caller presented a verified platform quote (fresh nonce, enrolled attestation key, expected
+/// measurement). Operation events of that request carry `quote.digest()` as their `context`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformAttested {
+    /// The platform's group at the time (as enrolled), for grants naming platform groups.
+    pub group: String,
+    pub quote: Quote,
+}
+
 /// Cryptographic uses of keys, several to one event, each itemised.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysUsed {
@@ -497,6 +507,8 @@ event_body! {
     MaterialAccessed => "MaterialAccessed",
     KeysUsed => "KeysUsed",
     RequestRefused => "RequestRefused",
+    // Added after the first vectors froze: new types only ever append (events-v1-2.json).
+    PlatformAttested => "PlatformAttested",
 }
 
 impl EventBody {

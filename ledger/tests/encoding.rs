@@ -26,6 +26,45 @@ use ledger::sign::{chain_and_sign, ChainTip, Draft, EventSigner};
 use ledger::{Bytes32, ChainState, Checked, KeyId, LedgerId, RequestId, TenantId};
 
 const VECTOR_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-vectors/events-v1.json");
+/// Event types added after `events-v1.json` froze (tags appended to `EventBody::TAGS`).
+const VECTOR_PATH_2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-vectors/events-v1-2.json");
+
+/// One frozen vector file: its samples and how many of `EventBody::TAGS` existed when it was
+/// written. Files are never rewritten; a new event type gets its samples in a new file.
+struct Generation {
+    path: &'static str,
+    samples: fn() -> Vec<Sample>,
+    tag_count: usize,
+    description: &'static str,
+}
+
+fn generations() -> [Generation; 2] {
+    [
+        Generation {
+            path: VECTOR_PATH,
+            samples,
+            tag_count: 22,
+            description: "keyledger events v1: canonical MessagePack bodies, BLAKE3 chain hashes and \
+            Ed25519-signed framed entries of every event type, as one valid chain. \
+            entry = 0x01 || u32be(len(body)) || body || sig[64]; \
+            sig = Ed25519(\"keyledger/event-sig/v1\\n\" || body), checked with verify_strict; \
+            chain_hash = BLAKE3-derive_key(\"keyledger 2026-11 event chain v1\", body); \
+            signer_id = BLAKE3-derive_key(\"keyledger 2026-11 signer id v1\", public_key). \
+            See ledger/src/{event,canonical,entry}.rs and ledger/tests/encoding.rs. \
+            Written once with KEYLEDGER_WRITE_VECTORS=1; never regenerate.",
+        },
+        Generation {
+            path: VECTOR_PATH_2,
+            samples: samples_2,
+            tag_count: 23,
+            description: "keyledger events v1, second file: event types added after events-v1.json \
+            froze (PlatformAttested; quote = ledger/src/quote.rs), as one valid chain of their own \
+            (genesis, writer enrolment, the new types, writer retirement). Same framing, signature, \
+            chain and signer-id rules as events-v1.json. \
+            Written once with KEYLEDGER_WRITE_VECTORS=1; never regenerate.",
+        },
+    ]
+}
 
 /// 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600_000;
@@ -552,14 +591,70 @@ fn samples() -> Vec<Sample> {
     ]
 }
 
-/// Chains and signs the samples: sample `i` has index `i` and time `T0 + i` seconds.
+/// Samples of the event types added after `events-v1.json` froze, in a chain of their own.
+fn samples_2() -> Vec<Sample> {
+    let root = signer(ROOT_SEED);
+    let writer = signer(WRITER_SEED);
+    let attester = SigningKey::from_bytes(&[3; 32]);
+    vec![
+        sample(
+            true,
+            "genesis",
+            Actor::system("init"),
+            None,
+            LedgerCreated {
+                root_key: root.public_key(),
+                kek_id: b32(0x10),
+            },
+        ),
+        sample(
+            true,
+            "enrol-writer-1",
+            Actor::system("enrol"),
+            None,
+            SignerEnrolled {
+                signer: writer.id(),
+                public_key: writer.public_key(),
+                role: SignerRole::Writer,
+                label: "writer-1".into(),
+            },
+        ),
+        sample(
+            false,
+            "q-0001",
+            user("svc-batch", Some("acme"), Some("tok-77")),
+            None,
+            PlatformAttested {
+                group: "sev-snp".into(),
+                quote: Quote::sign(&attester, "tee-node-1", b32(0x70), b32(0x50), b32(0x90)),
+            },
+        ),
+        sample(
+            true,
+            "retire-writer-1",
+            Actor::system("enrol"),
+            None,
+            SignerRetired {
+                signer: writer.id(),
+                reason: "end of vectors".into(),
+            },
+        ),
+    ]
+}
+
+/// Chains and signs the first file's samples.
 fn signed_samples() -> Vec<ledger::sign::SignedEntry> {
+    sign_samples(samples())
+}
+
+/// Chains and signs samples: sample `i` has index `i` and time `T0 + i` seconds.
+fn sign_samples(samples: Vec<Sample>) -> Vec<ledger::sign::SignedEntry> {
     let root = signer(ROOT_SEED);
     let writer = signer(WRITER_SEED);
     let ledger = LedgerId::new(LEDGER).unwrap();
     let mut tip = ChainTip::GENESIS;
     let mut out = Vec::new();
-    for (i, s) in samples().into_iter().enumerate() {
+    for (i, s) in samples.into_iter().enumerate() {
         let by = if s.root { &root } else { &writer };
         let (mut signed, next) =
             chain_and_sign(by, &ledger, tip, T0 + 1_000 * i as u64, &[s.draft]);
@@ -573,7 +668,7 @@ fn string_forms<T: std::fmt::Display>(all: &[T]) -> Value {
     all.iter().map(|v| v.to_string()).collect()
 }
 
-fn vectors() -> Value {
+fn vectors(generation: &Generation) -> Value {
     let root = signer(ROOT_SEED);
     let writer = signer(WRITER_SEED);
     let signer_json = |name: &str, seed: u8, s: &EventSigner| {
@@ -584,7 +679,7 @@ fn vectors() -> Value {
             "signer_id": s.id().to_hex(),
         })
     };
-    let events: Vec<Value> = signed_samples()
+    let events: Vec<Value> = sign_samples((generation.samples)())
         .iter()
         .map(|s| {
             let (body, sig) = entry::split(&s.entry).unwrap();
@@ -601,14 +696,7 @@ fn vectors() -> Value {
         })
         .collect();
     json!({
-        "description": "keyledger events v1: canonical MessagePack bodies, BLAKE3 chain hashes and \
-            Ed25519-signed framed entries of every event type, as one valid chain. \
-            entry = 0x01 || u32be(len(body)) || body || sig[64]; \
-            sig = Ed25519(\"keyledger/event-sig/v1\\n\" || body), checked with verify_strict; \
-            chain_hash = BLAKE3-derive_key(\"keyledger 2026-11 event chain v1\", body); \
-            signer_id = BLAKE3-derive_key(\"keyledger 2026-11 signer id v1\", public_key). \
-            See ledger/src/{event,canonical,entry}.rs and ledger/tests/encoding.rs. \
-            Written once with KEYLEDGER_WRITE_VECTORS=1; never regenerate.",
+        "description": generation.description,
         "event_format": EVENT_FORMAT,
         "entry_version": entry::ENTRY_VERSION,
         "event_sig_domain": String::from_utf8(entry::EVENT_SIG_DOMAIN.to_vec()).unwrap(),
@@ -619,7 +707,7 @@ fn vectors() -> Value {
             signer_json("root", ROOT_SEED, &root),
             signer_json("writer", WRITER_SEED, &writer),
         ],
-        "tags": EventBody::TAGS,
+        "tags": &EventBody::TAGS[..generation.tag_count],
         "string_enums": {
             "KeyType": string_forms(KeyType::ALL),
             "KeyState": string_forms(KeyState::ALL),
@@ -638,7 +726,13 @@ fn hex_field(v: &Value, k: &str) -> Vec<u8> {
 
 #[test]
 fn samples_cover_every_event_type() {
-    let covered: BTreeSet<&str> = samples().iter().map(|s| s.draft.body.tag()).collect();
+    let covered: BTreeSet<&str> = generations()
+        .iter()
+        .flat_map(|g| (g.samples)())
+        .map(|s| s.draft.body.tag())
+        .collect();
+    let last = generations().last().unwrap().tag_count;
+    assert_eq!(last, EventBody::TAGS.len(), "a new event type needs a new vector file");
     let all: BTreeSet<&str> = EventBody::TAGS.iter().copied().collect();
     assert_eq!(all.len(), EventBody::TAGS.len(), "duplicate tag");
     let missing: Vec<_> = all.difference(&covered).collect();
@@ -651,17 +745,31 @@ fn samples_cover_every_event_type() {
 
 #[test]
 fn golden_vectors() {
-    let computed = vectors();
-    if std::env::var_os("KEYLEDGER_WRITE_VECTORS").is_some_and(|v| v == "1") {
-        let dir = std::path::Path::new(VECTOR_PATH).parent().unwrap();
+    for g in &generations() {
+        check_golden(g);
+    }
+}
+
+#[test]
+fn golden_vectors_decode_and_verify() {
+    for g in &generations() {
+        check_decode_and_verify(g);
+    }
+}
+
+fn check_golden(g: &Generation) {
+    let computed = vectors(g);
+    let missing = !std::path::Path::new(g.path).exists();
+    if missing && std::env::var_os("KEYLEDGER_WRITE_VECTORS").is_some_and(|v| v == "1") {
+        let dir = std::path::Path::new(g.path).parent().unwrap();
         std::fs::create_dir_all(dir).unwrap();
         let text = serde_json::to_string_pretty(&computed).unwrap() + "\n";
-        std::fs::write(VECTOR_PATH, text).unwrap();
-        eprintln!("wrote {VECTOR_PATH}");
+        std::fs::write(g.path, text).unwrap();
+        eprintln!("wrote {}", g.path);
         return;
     }
-    let text = std::fs::read_to_string(VECTOR_PATH).unwrap_or_else(|e| {
-        panic!("{VECTOR_PATH}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1")
+    let text = std::fs::read_to_string(g.path).unwrap_or_else(|e| {
+        panic!("{}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1", g.path)
     });
     let stored: Value = serde_json::from_str(&text).unwrap();
 
@@ -717,10 +825,9 @@ fn golden_vectors() {
 
 /// The stored bytes stand on their own: they decode to the samples and their signatures and
 /// hashes check with nothing but the file.
-#[test]
-fn golden_vectors_decode_and_verify() {
-    let text = std::fs::read_to_string(VECTOR_PATH).unwrap_or_else(|e| {
-        panic!("{VECTOR_PATH}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1")
+fn check_decode_and_verify(g: &Generation) {
+    let text = std::fs::read_to_string(g.path).unwrap_or_else(|e| {
+        panic!("{}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1", g.path)
     });
     let stored: Value = serde_json::from_str(&text).unwrap();
     let keys: Vec<(Bytes32, VerifyingKey)> = stored["signers"]
@@ -736,7 +843,7 @@ fn golden_vectors_decode_and_verify() {
             (id, VerifyingKey::from_bytes(&pk).unwrap())
         })
         .collect();
-    let signed = signed_samples();
+    let signed = sign_samples((g.samples)());
     let events = stored["events"].as_array().unwrap();
     assert_eq!(events.len(), signed.len());
     let mut prev = Bytes32::ZERO;
