@@ -16,9 +16,11 @@ pub mod entry;
 pub mod event;
 pub mod ids;
 pub mod nats;
+pub mod quote;
 pub mod seal;
 pub mod sign;
 mod strenum;
+pub mod transport;
 pub mod verify;
 
 pub use bytes32::{Bytes32, EventHash};

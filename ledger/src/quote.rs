@@ -145,7 +145,13 @@ mod tests {
 
     fn good() -> (SigningKey, Quote) {
         let k = key(7);
-        let q = Quote::sign(&k, "host-1", Bytes32([1; 32]), Bytes32([2; 32]), Bytes32([3; 32]));
+        let q = Quote::sign(
+            &k,
+            "host-1",
+            Bytes32([1; 32]),
+            Bytes32([2; 32]),
+            Bytes32([3; 32]),
+        );
         (k, q)
     }
 
@@ -162,7 +168,8 @@ mod tests {
     #[test]
     fn every_field_is_covered_by_the_signature() {
         let (k, q) = good();
-        let mutations: Vec<(&str, Box<dyn Fn(&mut Quote)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Quote)>;
+        let mutations: Vec<(&str, Mutation)> = vec![
             ("platform", Box::new(|q| q.platform.push('x'))),
             ("nonce", Box::new(|q| q.nonce.0[31] ^= 1)),
             ("measurement", Box::new(|q| q.measurement.0[0] ^= 1)),
@@ -204,7 +211,12 @@ mod tests {
 
     #[test]
     fn length_prefix_separates_platform_from_nonce() {
-        let a = Quote::message("ab", &Bytes32([0; 32]), &Bytes32([0; 32]), &Bytes32([0; 32]));
+        let a = Quote::message(
+            "ab",
+            &Bytes32([0; 32]),
+            &Bytes32([0; 32]),
+            &Bytes32([0; 32]),
+        );
         let b = Quote::message("a", &Bytes32([0; 32]), &Bytes32([0; 32]), &Bytes32([0; 32]));
         assert_ne!(a[..b.len()], b[..]);
     }
