@@ -732,7 +732,11 @@ fn samples_cover_every_event_type() {
         .map(|s| s.draft.body.tag())
         .collect();
     let last = generations().last().unwrap().tag_count;
-    assert_eq!(last, EventBody::TAGS.len(), "a new event type needs a new vector file");
+    assert_eq!(
+        last,
+        EventBody::TAGS.len(),
+        "a new event type needs a new vector file"
+    );
     let all: BTreeSet<&str> = EventBody::TAGS.iter().copied().collect();
     assert_eq!(all.len(), EventBody::TAGS.len(), "duplicate tag");
     let missing: Vec<_> = all.difference(&covered).collect();
@@ -769,7 +773,10 @@ fn check_golden(g: &Generation) {
         return;
     }
     let text = std::fs::read_to_string(g.path).unwrap_or_else(|e| {
-        panic!("{}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1", g.path)
+        panic!(
+            "{}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1",
+            g.path
+        )
     });
     let stored: Value = serde_json::from_str(&text).unwrap();
 
@@ -827,7 +834,10 @@ fn check_golden(g: &Generation) {
 /// hashes check with nothing but the file.
 fn check_decode_and_verify(g: &Generation) {
     let text = std::fs::read_to_string(g.path).unwrap_or_else(|e| {
-        panic!("{}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1", g.path)
+        panic!(
+            "{}: {e}; create it once with KEYLEDGER_WRITE_VECTORS=1",
+            g.path
+        )
     });
     let stored: Value = serde_json::from_str(&text).unwrap();
     let keys: Vec<(Bytes32, VerifyingKey)> = stored["signers"]
@@ -1624,6 +1634,21 @@ fn arb_body() -> impl Strategy<Value = EventBody> {
                 }
                 .into()
             }),
+        1 => (text(), text(), arb_b32(), arb_b32(), arb_b32(), bytes(80)).prop_map(
+            |(group, platform, nonce, measurement, transport_key, signature)| {
+                PlatformAttested {
+                    group,
+                    quote: Quote {
+                        platform,
+                        nonce,
+                        measurement,
+                        transport_key,
+                        signature: ByteBuf::from(signature),
+                    },
+                }
+                .into()
+            }
+        ),
     ]
 }
 

@@ -3,11 +3,24 @@
 //! Folds verified ledger events into views. It takes `ledger::VerifiedEvent` only (never a raw
 //! `Event`), so nothing unverified can reach a view, and it never publishes anything.
 //!
-//! Today: [`KeyStates`], the current state of every key (versions with their sealed material,
-//! lifecycle state, version bounds, grants, scheduled destruction). Folding is deterministic and
-//! idempotent by stream sequence, so a view rebuilt from sequence 1 equals one kept live.
-//! Audit views and snapshots come with the service and audit issues.
+//! - [`KeyStates`]: the current state of every key (versions with their sealed material,
+//!   lifecycle state, version bounds, grants, scheduled destruction).
+//! - [`trust::Trust`]: trusted token issuers, enrolled platforms, spent quote nonces.
+//!
+//! Folding is deterministic and idempotent by stream sequence, so a view rebuilt from sequence 1
+//! equals one kept live.
+//!
+//! Identity and policy are decided here too, from those views, with no IO: [`token`] (bearer
+//! JWTs), [`attest`] (nonces and platform quotes), [`policy`] (the one decision per request) and
+//! [`refusals`] (recording refusals without letting a flood exhaust the ledger). Audit views and
+//! snapshots come with the audit issue.
 #![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod policy;
+pub mod refusals;
+pub mod token;
+pub mod trust;
 
 use std::collections::BTreeMap;
 
