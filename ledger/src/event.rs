@@ -522,6 +522,27 @@ impl EventBody {
         )
     }
 
+    /// The key whose *state* this event changes (creation, material, lifecycle, bounds,
+    /// destruction, grants), if any. Uses, accesses and refusals change no state. The appender's
+    /// optimistic concurrency ([`crate::nats::KeyGuard`]) and the projector's `updated_seq`
+    /// both follow this.
+    pub fn changed_key(&self) -> Option<&KeyId> {
+        match self {
+            EventBody::KeyCreated(e) => Some(&e.spec.key),
+            EventBody::KeyImported(e) => Some(&e.spec.key),
+            EventBody::KeyRotated(e) => Some(&e.key),
+            EventBody::KeyStateChanged(e) => Some(&e.key),
+            EventBody::KeyCompromised(e) => Some(&e.key),
+            EventBody::KeyVersionsBounded(e) => Some(&e.key),
+            EventBody::KeyDestructionScheduled(e) => Some(&e.key),
+            EventBody::KeyDestructionCancelled(e) => Some(&e.key),
+            EventBody::KeyDestroyed(e) => Some(&e.key),
+            EventBody::GrantAdded(e) => Some(&e.key),
+            EventBody::GrantRevoked(e) => Some(&e.key),
+            _ => None,
+        }
+    }
+
     /// The key this event is about, if exactly one.
     pub fn key(&self) -> Option<&KeyId> {
         match self {

@@ -34,8 +34,8 @@ use ledger::nats::genesis::{initialise, InitError};
 use ledger::nats::reader::read_range;
 use ledger::nats::stream::event_stream_config;
 use ledger::nats::{
-    replay, AppendError, Appender, AppenderConfig, LedgerConn, Receipt, ReplayReport, StreamError,
-    StreamSettings,
+    replay, AppendError, Appender, AppenderConfig, KeyGuard, LedgerConn, Receipt, ReplayReport,
+    StreamError, StreamSettings,
 };
 use ledger::seal::SealedMaterial;
 use ledger::sign::{chain_and_sign, now_ms, Draft, EventSigner, SignedEntry};
@@ -1793,4 +1793,113 @@ async fn stored_request_ids_allowing_foreign(
         }
     }
     Ok(count)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimistic concurrency on keys
+// ---------------------------------------------------------------------------------------------
+
+fn on_key(key: &str, reason: &str) -> Result<Draft> {
+    Ok(Draft {
+        request_id: RequestId::random(),
+        actor: alice(),
+        context: None,
+        body: KeyStateChanged {
+            key: KeyId::new(key)?,
+            from: KeyState::Active,
+            to: KeyState::Suspended,
+            reason: reason.to_owned(),
+        }
+        .into(),
+    })
+}
+
+/// Two writer replicas both decide on the state of key k1 as of its last change; both append
+/// guarded by that state. Exactly one wins; the other gets `Conflict` naming the winner's seq
+/// and appends nothing, also when the loser had not yet seen the winner's event (it learns it
+/// when its batch is refused for the expected stream sequence). A guard for "key absent" (0)
+/// fails once the key exists; guards of other keys are independent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_appends_on_one_key_never_both_apply() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    within(60, async {
+        let (conn, secrets) = setup(&url, "guards", &StreamSettings::default()).await?;
+        let a = open_writer(&conn, &secrets, false).await?;
+        let b = open_writer(&ledger_conn(&url, "guards").await?, &secrets, false).await?;
+        let k1 = KeyId::new("k1")?;
+        let created = a
+            .append_guarded(
+                vec![on_key("k1", "first change")?],
+                vec![KeyGuard {
+                    key: k1.clone(),
+                    expected: 0,
+                }],
+            )
+            .await?;
+        assert_eq!(created[0].seq, 3);
+        // b has not seen seq 3; its guard "k1 absent" must still fail.
+        let err = b
+            .append_guarded(
+                vec![on_key("k1", "stale absent")?],
+                vec![KeyGuard {
+                    key: k1.clone(),
+                    expected: 0,
+                }],
+            )
+            .await
+            .expect_err("k1 exists");
+        assert!(
+            matches!(
+                &err,
+                AppendError::Conflict {
+                    expected: 0,
+                    actual: 3,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Both race with the same expectation, many rounds.
+        let mut expected = 3;
+        for round in 0..20 {
+            let g = || {
+                vec![KeyGuard {
+                    key: k1.clone(),
+                    expected,
+                }]
+            };
+            let (ra, rb) = tokio::join!(
+                a.append_guarded(vec![on_key("k1", &format!("a{round}"))?], g()),
+                b.append_guarded(vec![on_key("k1", &format!("b{round}"))?], g()),
+            );
+            let winners: Vec<u64> = [&ra, &rb]
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|v| v[0].seq))
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {ra:?} {rb:?}");
+            let loser = if ra.is_ok() { rb } else { ra };
+            match loser {
+                Err(AppendError::Conflict { actual, .. }) => assert_eq!(actual, winners[0]),
+                other => panic!("round {round}: {other:?}"),
+            }
+            expected = winners[0];
+        }
+        // Unguarded appends and other keys are unaffected.
+        let other = a
+            .append_guarded(
+                vec![on_key("k2", "independent")?],
+                vec![KeyGuard {
+                    key: KeyId::new("k2")?,
+                    expected: 0,
+                }],
+            )
+            .await?;
+        assert_eq!(other[0].seq, expected + 1);
+        let report = verify(&conn, secrets.root_public()).await?;
+        assert!(report.is_clean());
+        assert_eq!(conn.last_seq().await?, 2 + 1 + 20 + 1);
+        Ok(())
+    })
+    .await
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bytes32::EventHash;
-use crate::ids::RequestId;
+use crate::ids::{KeyId, RequestId};
 use crate::nats::batch::{
     BatchError, BatchOutcome, BatchPublisher, OutMsg, ERR_BATCH_DUPLICATE_MSG_ID, MAX_BATCH,
 };
@@ -85,6 +85,13 @@ pub enum AppendError {
     DuplicateUnknown(RequestId),
     #[error("event of {len} bytes is too large")]
     TooLarge { len: usize },
+    /// A guarded key changed since the caller read it (optimistic concurrency).
+    #[error("key {key} changed concurrently (expected its last change at seq {expected}, found {actual})")]
+    Conflict {
+        key: KeyId,
+        expected: u64,
+        actual: u64,
+    },
     #[error("appender stopped")]
     Stopped,
     #[error("stream: {0}")]
@@ -95,7 +102,18 @@ type Reply = oneshot::Sender<Result<Vec<Receipt>, AppendError>>;
 
 struct Job {
     drafts: Vec<Draft>,
+    guards: Vec<KeyGuard>,
     reply: Reply,
+}
+
+/// A precondition of an append: the key's last state-changing event
+/// ([`crate::EventBody::changed_key`]) is still at `expected` (0: the key does not exist) when
+/// the call's first event is chained. Checked by the appender, which alone sees the chain's true
+/// order, so two writers deciding on the same key state cannot both append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyGuard {
+    pub key: KeyId,
+    pub expected: u64,
 }
 
 /// Handle to a running appender. Cheap to clone.
@@ -156,9 +174,24 @@ impl Appender {
 
     /// Appends several events (in order, possibly over several batches) and waits for all.
     pub async fn append_all(&self, drafts: Vec<Draft>) -> Result<Vec<Receipt>, AppendError> {
+        self.append_guarded(drafts, Vec::new()).await
+    }
+
+    /// Appends several events if every guard holds when the first is chained; otherwise
+    /// nothing is appended and the call fails with [`AppendError::Conflict`]. The events of one
+    /// call are kept in one atomic batch when they fit.
+    pub async fn append_guarded(
+        &self,
+        drafts: Vec<Draft>,
+        guards: Vec<KeyGuard>,
+    ) -> Result<Vec<Receipt>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { drafts, reply })
+            .send(Job {
+                drafts,
+                guards,
+                reply,
+            })
             .await
             .map_err(|_| AppendError::Stopped)?;
         rx.await.map_err(|_| AppendError::Stopped)?
@@ -170,6 +203,8 @@ impl Appender {
 struct Recent {
     by_id: HashMap<RequestId, Receipt>,
     order: VecDeque<(u64, RequestId)>,
+    /// Per key, the sequence of its last state-changing event (for [`KeyGuard`]s).
+    touched: HashMap<KeyId, u64>,
 }
 
 impl Recent {
@@ -188,6 +223,13 @@ impl Recent {
             already_present: true,
         };
         self.insert(e.time_ms, e.request_id.clone(), r);
+        self.touch(e, v.seq());
+    }
+
+    fn touch(&mut self, e: &crate::Event, seq: u64) {
+        if let Some(k) = e.body.changed_key() {
+            self.touched.insert(k.clone(), seq);
+        }
     }
 
     /// Forgets ids older than `window` by the events' own clocks, but always keeps the most
@@ -220,6 +262,7 @@ struct Pending {
 /// A caller's request, answered when all its drafts are stored (or one fails).
 struct JobState {
     reply: Reply,
+    guards: Vec<KeyGuard>,
     receipts: Vec<Option<Receipt>>,
     left: usize,
 }
@@ -260,7 +303,10 @@ impl Task {
                 }
             }
             self.drain(&mut rx);
-            let take = self.queue.len().min(self.max_batch());
+            // Drafts of jobs that already failed (a guard) are dropped.
+            let jobs = &self.jobs;
+            self.queue.retain(|p| jobs.contains_key(&p.job));
+            let take = self.batch_len();
             let batch: Vec<Pending> = self.queue.drain(..take).collect();
             if batch.is_empty() {
                 continue;
@@ -284,6 +330,40 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// How many queued drafts the next batch takes: up to `max_batch`, shortened so that a job
+    /// which fits in one batch is not split across two.
+    fn batch_len(&self) -> usize {
+        let take = self.queue.len().min(self.max_batch());
+        if take == self.queue.len() {
+            return take;
+        }
+        let boundary = self.queue[take].job;
+        // Back up to the first draft of the job that would be split, unless it began the batch.
+        let start = (0..take)
+            .rev()
+            .take_while(|&i| self.queue[i].job == boundary)
+            .last()
+            .unwrap_or(take);
+        if start == 0 {
+            take
+        } else {
+            start
+        }
+    }
+
+    /// The first failing guard of `job`, as a conflict.
+    fn guard_conflict(&self, job: u64) -> Option<AppendError> {
+        let js = self.jobs.get(&job)?;
+        js.guards.iter().find_map(|g| {
+            let actual = self.recent.touched.get(&g.key).copied().unwrap_or(0);
+            (actual != g.expected).then(|| AppendError::Conflict {
+                key: g.key.clone(),
+                expected: g.expected,
+                actual,
+            })
+        })
     }
 
     /// Takes waiting jobs off the channel until two batches are queued.
@@ -322,6 +402,7 @@ impl Task {
             id,
             JobState {
                 reply: job.reply,
+                guards: job.guards,
                 receipts: vec![None; n],
                 left: n,
             },
@@ -418,6 +499,16 @@ impl Task {
                 done.push((p, r));
             }
             batch = rest;
+            // Guards are checked against the chain as this writer knows it right now (after any
+            // catch-up), before the batch is chained; a failed job's drafts leave the batch.
+            let firsts: Vec<u64> = batch.iter().filter(|p| p.pos == 0).map(|p| p.job).collect();
+            for job in firsts {
+                if let Some(e) = self.guard_conflict(job) {
+                    self.fail(job, e);
+                }
+            }
+            let jobs = &self.jobs;
+            batch.retain(|p| jobs.contains_key(&p.job));
             if batch.is_empty() {
                 return Ok(done);
             }
@@ -484,6 +575,7 @@ impl Task {
                         };
                         self.recent
                             .insert(s.event.time_ms, s.event.request_id.clone(), r);
+                        self.recent.touch(&s.event, r.seq);
                         done.push((p, r));
                     }
                     return Ok(done);

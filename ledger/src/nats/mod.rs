@@ -8,6 +8,6 @@ pub mod genesis;
 pub mod reader;
 pub mod stream;
 
-pub use appender::{AppendError, Appender, AppenderConfig, Receipt};
+pub use appender::{AppendError, Appender, AppenderConfig, KeyGuard, Receipt};
 pub use reader::{replay, ReplayReport};
 pub use stream::{LedgerConn, LedgerNames, StreamError, StreamSettings};
