@@ -303,9 +303,6 @@ impl Task {
                 }
             }
             self.drain(&mut rx);
-            // Drafts of jobs that already failed (a guard) are dropped.
-            let jobs = &self.jobs;
-            self.queue.retain(|p| jobs.contains_key(&p.job));
             let take = self.batch_len();
             let batch: Vec<Pending> = self.queue.drain(..take).collect();
             if batch.is_empty() {
@@ -504,11 +501,12 @@ impl Task {
             let firsts: Vec<u64> = batch.iter().filter(|p| p.pos == 0).map(|p| p.job).collect();
             for job in firsts {
                 if let Some(e) = self.guard_conflict(job) {
+                    // Nothing of a conflicting call is appended.
                     self.fail(job, e);
+                    batch.retain(|p| p.job != job);
+                    self.queue.retain(|p| p.job != job);
                 }
             }
-            let jobs = &self.jobs;
-            batch.retain(|p| jobs.contains_key(&p.job));
             if batch.is_empty() {
                 return Ok(done);
             }
