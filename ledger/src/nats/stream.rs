@@ -204,11 +204,12 @@ impl LedgerConn {
 
     /// The event stream's last sequence, asked of the stream leader.
     pub async fn last_seq(&self) -> Result<u64, StreamError> {
-        let mut st = self
+        // `get_stream` asks the leader for the stream's info: one round trip, fresh state.
+        let st = self
             .js
             .get_stream(self.names.stream())
             .await
             .map_err(nats_err)?;
-        Ok(st.info().await.map_err(nats_err)?.state.last_sequence)
+        Ok(st.cached_info().state.last_sequence)
     }
 }
