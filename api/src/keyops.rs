@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use ledger::event::{
-    Actor, KeyCreated, KeyDestroyed, KeyRotated, KeySpec, KeyType, VersionMaterial,
+    Actor, KeyCreated, KeyDestroyed, KeyRotated, KeySpec, KeyType, SplitSpec, VersionMaterial,
 };
 use ledger::nats::dek::{DekError, DekStore};
 use ledger::nats::{AppendError, Appender, LedgerConn, Receipt};
@@ -33,6 +33,10 @@ pub enum KeyOpError {
     Dek(#[from] DekError),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error(transparent)]
+    Crypto(crate::crypto::CryptoError),
+    #[error("no such share")]
+    NoSuchShare,
 }
 
 /// A version's freshly generated material: the secret (zeroized on drop) and, for key pairs,
@@ -73,7 +77,21 @@ pub fn generate_material(key_type: KeyType) -> Result<Material, KeyOpError> {
                 public: Some(pk.to_bytes().to_vec()),
             }
         }
-        KeyType::Passphrase | KeyType::Wrapped => return Err(KeyOpError::Unsupported(key_type)),
+        KeyType::Passphrase => {
+            // 24 characters from a 64-symbol alphabet: 144 bits.
+            const ALPHABET: &[u8] =
+                b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.:+=!";
+            let raw = random(24);
+            Material {
+                secret: Zeroizing::new(
+                    raw.iter()
+                        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()])
+                        .collect(),
+                ),
+                public: None,
+            }
+        }
+        KeyType::Wrapped => return Err(KeyOpError::Unsupported(key_type)),
     })
 }
 
@@ -114,6 +132,7 @@ impl KeyOps {
             key,
             version,
             request_id,
+            share: None,
         };
         let (sealed, dek) = seal_material(&self.kek, &ctx, &material.secret)?;
         self.deks.put(key, &dek).await?;
@@ -122,6 +141,105 @@ impl KeyOps {
             sealed: vec![sealed],
             public_key: material.public.clone().map(ByteBuf::from),
         })
+    }
+
+    /// Seals `material` as `version` of `key`: whole, or for a split key as `shares` Shamir
+    /// shares (any `threshold` recombine it), each under its own DEK. DEKs are stored first.
+    pub async fn seal_version_split(
+        &self,
+        key: &KeyId,
+        version: u32,
+        request_id: &RequestId,
+        material: &Material,
+        split: Option<&SplitSpec>,
+    ) -> Result<VersionMaterial, KeyOpError> {
+        let Some(split) = split else {
+            return self.seal_version(key, version, request_id, material).await;
+        };
+        let shares = crate::crypto::split(&material.secret, split.threshold, split.shares)
+            .map_err(KeyOpError::Crypto)?;
+        let mut sealed = Vec::with_capacity(shares.len());
+        for (i, share) in shares.iter().enumerate() {
+            let ctx = SealContext {
+                ledger: &self.conn.names.ledger,
+                key,
+                version,
+                request_id,
+                // Invariant: at most 255 shares (`split` takes a u8 count).
+                share: Some(u8::try_from(i + 1).unwrap_or(u8::MAX)),
+            };
+            let (m, dek) = seal_material(&self.kek, &ctx, share)?;
+            self.deks.put(key, &dek).await?;
+            sealed.push(m);
+        }
+        Ok(VersionMaterial {
+            version,
+            sealed,
+            public_key: material.public.clone().map(ByteBuf::from),
+        })
+    }
+
+    /// Opens one share (1-based) of a split key's version, or the whole material when
+    /// `share` is `None`.
+    pub async fn open_part(
+        &self,
+        key: &KeyId,
+        version: u32,
+        created_by: &RequestId,
+        sealed: &[SealedMaterial],
+        share: Option<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyOpError> {
+        let idx = share.map_or(0, |s| usize::from(s).saturating_sub(1));
+        let m = sealed.get(idx).ok_or(KeyOpError::NoSuchShare)?;
+        let dek = self.deks.get(key, &m.dek_id).await?;
+        let ctx = SealContext {
+            ledger: &self.conn.names.ledger,
+            key,
+            version,
+            request_id: created_by,
+            share,
+        };
+        Ok(unseal_material(&self.kek, &ctx, m, &dek)?)
+    }
+
+    /// Opens a version's whole material, recombining a split key from its first `threshold`
+    /// shares that open.
+    pub async fn open_material(
+        &self,
+        key: &KeyId,
+        version: u32,
+        created_by: &RequestId,
+        sealed: &[SealedMaterial],
+        split: Option<&SplitSpec>,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyOpError> {
+        let Some(split) = split else {
+            return self.open_part(key, version, created_by, sealed, None).await;
+        };
+        let mut shares = Vec::new();
+        for i in 1..=split.shares {
+            if shares.len() == usize::from(split.threshold) {
+                break;
+            }
+            if let Ok(s) = self
+                .open_part(key, version, created_by, sealed, Some(i))
+                .await
+            {
+                shares.push(s);
+            }
+        }
+        crate::crypto::combine(split.threshold, &shares).map_err(KeyOpError::Crypto)
+    }
+
+    /// Securely erases data keys (after their `KeyDestroyed` event is stored).
+    pub async fn erase_deks(&self, key: &KeyId, dek_ids: &[Bytes32]) -> Result<(), KeyOpError> {
+        for dek in dek_ids {
+            self.deks.erase(key, dek).await?;
+        }
+        Ok(())
+    }
+
+    pub fn ledger(&self) -> &ledger::LedgerId {
+        &self.conn.names.ledger
     }
 
     /// Creates a key with freshly generated version-1 material.
@@ -184,6 +302,7 @@ impl KeyOps {
             key,
             version,
             request_id: created_by,
+            share: None,
         };
         Ok(unseal_material(&self.kek, &ctx, sealed, &dek)?)
     }

@@ -4,5 +4,6 @@
 //! (server and CLI). Depends on `projector` and `ledger`; nothing depends on it.
 #![forbid(unsafe_code)]
 
+pub mod crypto;
 pub mod keyops;
 pub mod wire;

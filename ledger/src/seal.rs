@@ -38,6 +38,8 @@ const KEK_ID_CONTEXT: &str = "keyledger 2026-11 kek id v1";
 const DEK_ID_CONTEXT: &str = "keyledger 2026-11 dek id v1";
 /// Prefix of the material AEAD's associated data ([`SealContext::aad`]).
 const MATERIAL_AAD_PREFIX: &[u8] = b"keyledger/material/v1\0";
+/// Prefix of the associated data of one share of a split key.
+const SHARE_AAD_PREFIX: &[u8] = b"keyledger/material-share/v1\0";
 /// Prefix of the DEK-wrapping AEAD's associated data.
 const DEK_AAD_PREFIX: &[u8] = b"keyledger/dek/v1\0";
 
@@ -121,6 +123,8 @@ pub struct SealContext<'a> {
     pub key: &'a KeyId,
     pub version: u32,
     pub request_id: &'a RequestId,
+    /// For split keys: which Shamir share (1-based) this is. `None` for whole material.
+    pub share: Option<u8>,
 }
 
 impl SealContext<'_> {
@@ -133,6 +137,9 @@ impl SealContext<'_> {
     /// u32be(version)                      (fixed width, so no length prefix)
     /// u32be(len(request_id)) request_id
     /// ```
+    ///
+    /// A share of a split key (`share: Some(i)`) uses the prefix
+    /// `"keyledger/material-share/v1\0"` and appends `u8(i)`, so each share has its own DEK.
     pub fn aad(&self) -> Vec<u8> {
         let (l, k, r) = (
             self.ledger.as_str().as_bytes(),
@@ -141,11 +148,17 @@ impl SealContext<'_> {
         );
         let mut out =
             Vec::with_capacity(MATERIAL_AAD_PREFIX.len() + 16 + l.len() + k.len() + r.len());
-        out.extend_from_slice(MATERIAL_AAD_PREFIX);
+        out.extend_from_slice(match self.share {
+            None => MATERIAL_AAD_PREFIX,
+            Some(_) => SHARE_AAD_PREFIX,
+        });
         push_len_prefixed(&mut out, l);
         push_len_prefixed(&mut out, k);
         out.extend_from_slice(&self.version.to_be_bytes());
         push_len_prefixed(&mut out, r);
+        if let Some(i) = self.share {
+            out.push(i);
+        }
         out
     }
 
@@ -418,6 +431,7 @@ mod tests {
                 key: &self.key,
                 version: self.version,
                 request_id: &self.request,
+                share: None,
             }
         }
     }
@@ -459,6 +473,33 @@ mod tests {
     }
 
     const PLAIN: &[u8] = b"the key material";
+
+    #[test]
+    fn shares_of_a_split_key_have_their_own_dek_and_aad() {
+        let ids = Ids::new("l", "k", 1, "r");
+        let whole = ids.ctx();
+        let one = SealContext {
+            share: Some(1),
+            ..ids.ctx()
+        };
+        let two = SealContext {
+            share: Some(2),
+            ..ids.ctx()
+        };
+        let dek_ids = [whole.dek_id(), one.dek_id(), two.dek_id()];
+        assert_ne!(dek_ids[0], dek_ids[1]);
+        assert_ne!(dek_ids[1], dek_ids[2]);
+        assert!(one.aad().starts_with(SHARE_AAD_PREFIX));
+        assert_eq!(one.aad().last(), Some(&1));
+        let kek = Kek::generate();
+        let (m, d) = seal_material(&kek, &one, b"share one").unwrap();
+        assert_eq!(
+            &unseal_material(&kek, &one, &m, &d).unwrap()[..],
+            b"share one"
+        );
+        assert!(unseal_material(&kek, &two, &m, &d).is_err());
+        assert!(unseal_material(&kek, &whole, &m, &d).is_err());
+    }
 
     #[test]
     fn round_trip() {
