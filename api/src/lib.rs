@@ -6,4 +6,5 @@
 
 pub mod crypto;
 pub mod keyops;
+pub mod service;
 pub mod wire;

@@ -27,6 +27,17 @@ use ledger::{KeyId, RequestId, TenantId};
 
 use crate::policy::Refusal;
 
+/// One refusal, whatever refused it.
+struct Parts {
+    actor: Option<Actor>,
+    tenant: Option<TenantId>,
+    operation: Operation,
+    code: &'static str,
+    reason: String,
+    key: Option<KeyId>,
+    context: Option<ledger::Bytes32>,
+}
+
 /// How refusals are bucketed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Bucket {
@@ -75,11 +86,57 @@ impl RefusalLog {
     /// Records one refusal. Returns the drafts to append now: the refusal itself when it opens a
     /// bucket, and the summary of a bucket closed early to make room.
     pub fn record(&mut self, r: &Refusal, request_id: &RequestId, now_ms: u64) -> Vec<Draft> {
+        self.record_parts(
+            Parts {
+                actor: r.actor.clone(),
+                tenant: r.tenant.clone(),
+                operation: r.operation,
+                code: r.code(),
+                reason: r.cause.to_string(),
+                key: r.key.clone(),
+                context: r.context,
+            },
+            request_id,
+            now_ms,
+        )
+    }
+
+    /// Records a request that policy allowed but the operation refused (wrong key state, bad
+    /// argument, ...), under the operation's own error code.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_code(
+        &mut self,
+        code: &'static str,
+        reason: &str,
+        actor: Actor,
+        operation: Operation,
+        key: Option<KeyId>,
+        context: Option<ledger::Bytes32>,
+        request_id: &RequestId,
+        now_ms: u64,
+    ) -> Vec<Draft> {
+        let tenant = actor.tenant.clone();
+        self.record_parts(
+            Parts {
+                actor: Some(actor),
+                tenant,
+                operation,
+                code,
+                reason: reason.to_owned(),
+                key,
+                context,
+            },
+            request_id,
+            now_ms,
+        )
+    }
+
+    fn record_parts(&mut self, r: Parts, request_id: &RequestId, now_ms: u64) -> Vec<Draft> {
         let bucket = Bucket {
             principal: r.actor.as_ref().map(|a| a.principal.clone()),
             tenant: r.tenant.clone(),
             operation: r.operation,
-            code: r.code(),
+            code: r.code,
         };
         let mut out = Vec::new();
         if let Some(o) = self.open.get_mut(&bucket) {
@@ -92,7 +149,7 @@ impl RefusalLog {
                 }
                 o.pending = o.pending.saturating_add(1);
                 o.last_ms = now_ms;
-                o.reason = r.cause.to_string();
+                o.reason = r.reason.clone();
                 return out;
             }
             // The bucket's interval is over: close it and open a new one below.
@@ -121,7 +178,7 @@ impl RefusalLog {
                 last_ms: now_ms,
                 key: None,
                 actor: r.actor.clone(),
-                reason: r.cause.to_string(),
+                reason: r.reason.clone(),
             },
         );
         out.push(Draft {
@@ -132,8 +189,8 @@ impl RefusalLog {
                 key: r.key.clone(),
                 tenant: r.tenant.clone(),
                 operation: r.operation,
-                code: r.code().to_owned(),
-                reason: r.cause.to_string(),
+                code: r.code.to_owned(),
+                reason: r.reason.clone(),
                 count: 1,
                 first_ms: now_ms,
                 last_ms: now_ms,
