@@ -4,6 +4,7 @@
 //! (server and CLI). Depends on `projector` and `ledger`; nothing depends on it.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod crypto;
 pub mod keyops;
 pub mod service;

@@ -1527,3 +1527,135 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
     }
 }
+
+// ---- sealed key files -----------------------------------------------------------------------
+
+const KEY_FILE_MAGIC: &str = "keyledger-sealed-key v1";
+const KEY_FILE_CONTEXT: &str = "keyledger 2026-11 sealed key file v1";
+
+/// Writes a 32-byte secret (an operator's token-issuer seed, a platform's attestation seed) to a
+/// new file (mode 0600), sealed with AES-256-GCM under `Argon2id(passphrase)`:
+/// ```text
+/// keyledger-sealed-key v1
+/// label <label>
+/// argon2 <m_cost_kib> <t_cost> <p_cost>
+/// salt <hex16>
+/// nonce <hex12>
+/// ciphertext <hex48>
+/// ```
+/// The associated data is every line before `ciphertext`, so the header cannot be altered.
+pub fn write_sealed_key_file(
+    path: &Path,
+    label: &str,
+    secret: &[u8; KEY_LEN],
+    passphrase: &str,
+    params: Argon2Params,
+) -> Result<(), CustodyError> {
+    if label.is_empty() || label.len() > 128 || label.chars().any(|c| c.is_control()) {
+        return Err(CustodyError::InvalidProtection {
+            reason: "label must be 1-128 printable characters",
+        });
+    }
+    check_argon2_params(&params)?;
+    let salt: [u8; SALT_LEN] = *random_bytes().map_err(CustodyError::Rng)?;
+    let nonce: [u8; NONCE_LEN] = *random_bytes().map_err(CustodyError::Rng)?;
+    let header = format!(
+        "{KEY_FILE_MAGIC}\nlabel {label}\nargon2 {} {} {}\nsalt {}\nnonce {}\n",
+        params.m_cost_kib,
+        params.t_cost,
+        params.p_cost,
+        hex::encode(salt),
+        hex::encode(nonce)
+    );
+    let u = argon2_unseal_key(passphrase.as_bytes(), &salt, &params)?;
+    let k = Zeroizing::new(blake3::derive_key(KEY_FILE_CONTEXT, &u[..]));
+    let ct = aead_seal(&k, &nonce, header.as_bytes(), secret).map_err(|_| {
+        CustodyError::InvalidProtection {
+            reason: "AES-GCM refused to encrypt",
+        }
+    })?;
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    let line = format!("ciphertext {}\n", hex::encode(ct));
+    write_new_file(path, &[header.as_bytes(), line.as_bytes()])
+}
+
+/// Opens a file written by [`write_sealed_key_file`]; returns its label and secret.
+pub fn open_sealed_key_file(
+    path: &Path,
+    passphrase: &str,
+) -> Result<(String, Zeroizing<[u8; KEY_LEN]>), CustodyError> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .map_err(io_err(path))?;
+    let malformed = |field| CustodyError::MalformedKeystore { field };
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() != 6 || lines[0] != KEY_FILE_MAGIC {
+        return Err(malformed("sealed key file header"));
+    }
+    let value = |i: usize, name: &'static str| {
+        lines[i]
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix(' '))
+            .ok_or(malformed(name))
+    };
+    let label = value(1, "label")?.to_owned();
+    let costs: Vec<u32> = value(2, "argon2")?
+        .split(' ')
+        .map(|x| x.parse().map_err(|_| malformed("argon2")))
+        .collect::<Result<_, _>>()?;
+    let [m, t, p] = costs[..] else {
+        return Err(malformed("argon2"));
+    };
+    let params = Argon2Params {
+        m_cost_kib: m,
+        t_cost: t,
+        p_cost: p,
+    };
+    check_argon2_params(&params)?;
+    let salt: [u8; SALT_LEN] = hex_array(value(3, "salt")?, "salt")?;
+    let nonce: [u8; NONCE_LEN] = hex_array(value(4, "nonce")?, "nonce")?;
+    let ct = hex::decode(value(5, "ciphertext")?).map_err(|_| malformed("ciphertext"))?;
+    let header_len: usize = lines[..5].iter().map(|l| l.len() + 1).sum();
+    let u = argon2_unseal_key(passphrase.as_bytes(), &salt, &params)?;
+    let k = Zeroizing::new(blake3::derive_key(KEY_FILE_CONTEXT, &u[..]));
+    let plain = aead_open(&k, &nonce, &text.as_bytes()[..header_len], &ct)
+        .map_err(|_| CustodyError::WrongUnsealSecret)?;
+    let secret: [u8; KEY_LEN] = plain[..]
+        .try_into()
+        .map_err(|_| malformed("ciphertext"))?;
+    Ok((label, Zeroizing::new(secret)))
+}
+
+#[cfg(test)]
+mod sealed_key_file_tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_wrong_passphrase_and_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("issuer.key");
+        let params = Argon2Params {
+            m_cost_kib: 256,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        write_sealed_key_file(&path, "idp", &[7; 32], "pw", params).unwrap();
+        let (label, s) = open_sealed_key_file(&path, "pw").unwrap();
+        assert_eq!((label.as_str(), *s), ("idp", [7; 32]));
+        assert!(matches!(
+            open_sealed_key_file(&path, "wrong"),
+            Err(CustodyError::WrongUnsealSecret)
+        ));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&hex::encode([7u8; 32])), "sealed, not plain");
+        fs::write(&path, text.replace("label idp", "label idq")).unwrap();
+        assert!(open_sealed_key_file(&path, "pw").is_err(), "header is authenticated");
+        assert!(matches!(
+            write_sealed_key_file(&path, "idp", &[7; 32], "pw", params),
+            Err(CustodyError::AlreadyExists { .. })
+        ));
+    }
+}
