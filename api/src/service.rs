@@ -32,10 +32,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use zeroize::Zeroizing;
 
 use ledger::event::{
-    Actor, Grant, GrantAdded, GrantConditions, GrantRevoked, Grantee, KeyCompromised,
-    KeyCreated, KeyDestroyed, KeyDestructionCancelled, KeyDestructionScheduled, KeyImported,
-    KeyRotated, KeySpec, KeyState, KeyStateChanged, KeyType, KeyUse, KeyVersionsBounded,
-    KeysUsed, Label, MaterialAccessed, Operation, SplitSpec,
+    Actor, Grant, GrantAdded, GrantConditions, GrantRevoked, Grantee, KeyCompromised, KeyCreated,
+    KeyDestroyed, KeyDestructionCancelled, KeyDestructionScheduled, KeyImported, KeyRotated,
+    KeySpec, KeyState, KeyStateChanged, KeyType, KeyUse, KeyVersionsBounded, KeysUsed, Label,
+    MaterialAccessed, Operation, SplitSpec,
 };
 use ledger::nats::{AppendError, Appender, KeyGuard, LedgerConn, Receipt};
 use ledger::quote::Quote;
@@ -327,7 +327,10 @@ fn wire_quote(q: &WireQuote) -> Result<Quote, WireError> {
 fn state_err(view: &KeyView, op: Operation) -> WireError {
     WireError::new(
         ErrorCode::WrongKeyState,
-        format!("key {} is {}; {op} is not allowed", view.spec.key, view.state),
+        format!(
+            "key {} is {}; {op} is not allowed",
+            view.spec.key, view.state
+        ),
     )
 }
 
@@ -355,7 +358,10 @@ fn check_type(v: &KeyView, ok: &[KeyType], op: Operation) -> Result<(), WireErro
     } else {
         Err(WireError::new(
             ErrorCode::WrongKeyType,
-            format!("{op} needs a key of type {ok:?}; {} is {}", v.spec.key, v.spec.key_type),
+            format!(
+                "{op} needs a key of type {ok:?}; {} is {}",
+                v.spec.key, v.spec.key_type
+            ),
         ))
     }
 }
@@ -372,9 +378,10 @@ fn describe(v: &KeyView) -> KeyDescription {
         imported: v.imported,
         wrapped_by: v.wrapped_by.clone(),
         rotation_period_s: v.spec.rotation_period_s,
-        rotation_due_ms: v.spec.rotation_period_s.and_then(|p| {
-            latest.map(|l| l.created_ms.saturating_add(p.saturating_mul(1000)))
-        }),
+        rotation_due_ms: v
+            .spec
+            .rotation_period_s
+            .and_then(|p| latest.map(|l| l.created_ms.saturating_add(p.saturating_mul(1000)))),
         split: v.spec.split.as_ref().map(|s| SplitArgs {
             threshold: s.threshold,
             shares: s.shares,
@@ -453,7 +460,9 @@ fn labels(map: &std::collections::BTreeMap<String, String>) -> Result<Vec<Label>
         .map(|(k, v)| {
             check_name("label name", k, 128)?;
             if v.len() > 256 || v.chars().any(char::is_control) {
-                return Err(WireError::invalid("label values are at most 256 printable bytes"));
+                return Err(WireError::invalid(
+                    "label values are at most 256 printable bytes",
+                ));
             }
             Ok(Label {
                 name: k.clone(),
@@ -624,12 +633,7 @@ impl Inner {
             }
         };
         if let Some(d) = allowed.attestation_draft() {
-            let r = self
-                .ops
-                .appender()
-                .append(d)
-                .await
-                .map_err(append_err)?;
+            let r = self.ops.appender().append(d).await.map_err(append_err)?;
             if r.already_present {
                 // Another request (possibly on another replica) spent this nonce first.
                 let refusal = Refusal {
@@ -694,7 +698,12 @@ impl Inner {
 
     fn view(&self, key: &KeyId, tenant: &TenantId) -> Result<KeyView, WireError> {
         self.follower
-            .read(|v| v.keys.get(key).filter(|k| &k.spec.tenant == tenant).cloned())
+            .read(|v| {
+                v.keys
+                    .get(key)
+                    .filter(|k| &k.spec.tenant == tenant)
+                    .cloned()
+            })
             .ok_or_else(|| WireError::new(ErrorCode::KeyNotFound, "no such key"))
     }
 
@@ -821,7 +830,13 @@ impl Inner {
         }
         let m = self
             .ops
-            .open_material(key, version, &v.created_by, &v.sealed, view.spec.split.as_ref())
+            .open_material(
+                key,
+                version,
+                &v.created_by,
+                &v.sealed,
+                view.spec.split.as_ref(),
+            )
             .await
             .map_err(|e| {
                 tracing::error!(key = %key, version, error = %e, "cannot open key material");
@@ -846,11 +861,7 @@ impl Inner {
             .retain(|(k, _), _| k != key);
     }
 
-    fn transport_key(
-        &self,
-        auth: &Authorized,
-        given: Option<&B64>,
-    ) -> Result<Bytes32, WireError> {
+    fn transport_key(&self, auth: &Authorized, given: Option<&B64>) -> Result<Bytes32, WireError> {
         let quoted = auth.allowed.platform.as_ref().map(|p| p.transport_key);
         let given = given
             .map(|b| b64_32(b, "transport_key").map(Bytes32))
@@ -972,7 +983,8 @@ impl Inner {
             split: None,
             labels,
         };
-        self.new_key(&auth, spec, material, true, a.wrapped_by).await
+        self.new_key(&auth, spec, material, true, a.wrapped_by)
+            .await
     }
 
     async fn new_key(
@@ -1029,9 +1041,7 @@ impl Inner {
 
     async fn describe(&self, c: Common, a: KeyArgs) -> Out {
         let key = key_id(&a.key)?;
-        let auth = self
-            .authorize(&c, Operation::Describe, Some(&key))
-            .await?;
+        let auth = self.authorize(&c, Operation::Describe, Some(&key)).await?;
         let view = self.view(&key, auth.tenant())?;
         let version = view.latest_version().map_or(0, |v| v.version);
         let seq = self
@@ -1067,8 +1077,7 @@ impl Inner {
                 }
                 let ok = a.state.is_none_or(|s| k.state == s)
                     && a.key_type.is_none_or(|t| k.spec.key_type == t)
-                    && a
-                        .name_prefix
+                    && a.name_prefix
                         .as_ref()
                         .is_none_or(|p| k.spec.name.starts_with(p.as_str()))
                     && label.as_ref().is_none_or(|(n, val)| {
@@ -1157,8 +1166,11 @@ impl Inner {
                         return Err(state_err(&v, Operation::SetVersions));
                     }
                     let latest = v.latest_version().map_or(0, |l| l.version);
-                    let enc = a.min_encrypt_version.unwrap_or(v.min_encrypt_version);
                     let dec = a.min_decrypt_version.unwrap_or(v.min_decrypt_version);
+                    // Raising the decryption minimum raises the encryption minimum with it.
+                    let enc = a
+                        .min_encrypt_version
+                        .unwrap_or(v.min_encrypt_version.max(dec));
                     if !(1 <= dec && dec <= enc && enc <= latest) {
                         return Err(WireError::invalid(format!(
                             "need 1 <= min_decrypt_version ({dec}) <= min_encrypt_version ({enc}) <= latest version ({latest})"
@@ -1386,10 +1398,9 @@ impl Inner {
             .await?;
         // The event is stored; now crypto-shred (repeated harmlessly if this crashes midway).
         self.forget(&key);
-        self.ops
-            .erase_deks(&key, &deks)
-            .await
-            .map_err(|e| WireError::new(ErrorCode::Unavailable, format!("erasing data keys: {e}")))?;
+        self.ops.erase_deks(&key, &deks).await.map_err(|e| {
+            WireError::new(ErrorCode::Unavailable, format!("erasing data keys: {e}"))
+        })?;
         out(d, seq)
     }
 
@@ -1423,12 +1434,15 @@ impl Inner {
         };
         if let (Some(b), Some(e)) = (conditions.not_before_ms, conditions.not_after_ms) {
             if b >= e {
-                return Err(WireError::invalid("not_before_ms must precede not_after_ms"));
+                return Err(WireError::invalid(
+                    "not_before_ms must precede not_after_ms",
+                ));
             }
         }
         if let Some(g) = &a.grant_id {
-            KeyId::new(g.as_str())
-                .map_err(|_| WireError::invalid("grant_id must be 1-64 characters of [A-Za-z0-9_-]"))?;
+            KeyId::new(g.as_str()).map_err(|_| {
+                WireError::invalid("grant_id must be 1-64 characters of [A-Za-z0-9_-]")
+            })?;
         }
         let auth = self.authorize(&c, Operation::Grant, Some(&key)).await?;
         let grantee = match &a.grantee {
@@ -1644,7 +1658,11 @@ impl Inner {
             .use_key(&auth, &key, Operation::Encrypt, |v| {
                 let a = &a;
                 async move {
-                    check_type(&v, &[KeyType::Aes128Gcm, KeyType::Aes256Gcm], Operation::Encrypt)?;
+                    check_type(
+                        &v,
+                        &[KeyType::Aes128Gcm, KeyType::Aes256Gcm],
+                        Operation::Encrypt,
+                    )?;
                     if !can_protect(&v) {
                         return Err(state_err(&v, Operation::Encrypt));
                     }
@@ -1788,13 +1806,9 @@ impl Inner {
                     )
                     .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
                     let plaintext_sealed = match recipient {
-                        Some(r) => Some(self.sealed_for(
-                            r,
-                            &v.spec.key,
-                            version,
-                            &auth.request_id,
-                            &dk,
-                        )?),
+                        Some(r) => {
+                            Some(self.sealed_for(r, &v.spec.key, version, &auth.request_id, &dk)?)
+                        }
                         None => None,
                     };
                     Ok((
@@ -1869,10 +1883,7 @@ impl Inner {
                         return Err(state_err(&v, op));
                     }
                     let vv = v.versions.get(&version).ok_or_else(|| {
-                        WireError::new(
-                            ErrorCode::VersionNotUsable,
-                            format!("no version {version}"),
-                        )
+                        WireError::new(ErrorCode::VersionNotUsable, format!("no version {version}"))
                     })?;
                     let public = vv.public_key.clone().unwrap_or_default();
                     Ok((

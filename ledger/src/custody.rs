@@ -1623,9 +1623,7 @@ pub fn open_sealed_key_file(
     let k = Zeroizing::new(blake3::derive_key(KEY_FILE_CONTEXT, &u[..]));
     let plain = aead_open(&k, &nonce, &text.as_bytes()[..header_len], &ct)
         .map_err(|_| CustodyError::WrongUnsealSecret)?;
-    let secret: [u8; KEY_LEN] = plain[..]
-        .try_into()
-        .map_err(|_| malformed("ciphertext"))?;
+    let secret: [u8; KEY_LEN] = plain[..].try_into().map_err(|_| malformed("ciphertext"))?;
     Ok((label, Zeroizing::new(secret)))
 }
 
@@ -1652,7 +1650,10 @@ mod sealed_key_file_tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&hex::encode([7u8; 32])), "sealed, not plain");
         fs::write(&path, text.replace("label idp", "label idq")).unwrap();
-        assert!(open_sealed_key_file(&path, "pw").is_err(), "header is authenticated");
+        assert!(
+            open_sealed_key_file(&path, "pw").is_err(),
+            "header is authenticated"
+        );
         assert!(matches!(
             write_sealed_key_file(&path, "idp", &[7; 32], "pw", params),
             Err(CustodyError::AlreadyExists { .. })

@@ -4,5 +4,6 @@
 //! ([`report`]) for the benchmark binary.
 
 pub mod baseline;
+pub mod fixture;
 pub mod harness;
 pub mod report;
