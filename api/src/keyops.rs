@@ -14,7 +14,10 @@ use ledger::event::{
 };
 use ledger::nats::dek::{DekError, DekStore};
 use ledger::nats::{AppendError, Appender, LedgerConn, Receipt};
-use ledger::seal::{seal_material, unseal_material, Kek, SealContext, SealError, SealedMaterial};
+use ledger::seal::{
+    seal_material, seal_material_under, unseal_material, Kek, SealContext, SealError,
+    SealedMaterial,
+};
 use ledger::sign::Draft;
 use ledger::{Bytes32, KeyId, RequestId};
 use rand::RngCore;
@@ -134,13 +137,33 @@ impl KeyOps {
             request_id,
             share: None,
         };
-        let (sealed, dek) = seal_material(&self.kek, &ctx, &material.secret)?;
-        self.deks.put(key, &dek).await?;
+        let sealed = self.seal_idempotent(key, &ctx, &material.secret).await?;
         Ok(VersionMaterial {
             version,
             sealed: vec![sealed],
             public_key: material.public.clone().map(ByteBuf::from),
         })
+    }
+
+    /// Seals under a fresh DEK and stores it; if the store already holds a DEK for this
+    /// context (a retried request that sealed before), seals under that one instead, so the
+    /// event's material always opens with the stored DEK.
+    async fn seal_idempotent(
+        &self,
+        key: &KeyId,
+        ctx: &SealContext<'_>,
+        plaintext: &[u8],
+    ) -> Result<SealedMaterial, KeyOpError> {
+        if let Ok(existing) = self.deks.get(key, &ctx.dek_id()).await {
+            return Ok(seal_material_under(&self.kek, ctx, plaintext, &existing)?);
+        }
+        let (sealed, dek) = seal_material(&self.kek, ctx, plaintext)?;
+        let (_, duplicate) = self.deks.put(key, &dek).await?;
+        if duplicate {
+            let existing = self.deks.get(key, &ctx.dek_id()).await?;
+            return Ok(seal_material_under(&self.kek, ctx, plaintext, &existing)?);
+        }
+        Ok(sealed)
     }
 
     /// Seals `material` as `version` of `key`: whole, or for a split key as `shares` Shamir
@@ -168,9 +191,7 @@ impl KeyOps {
                 // Invariant: at most 255 shares (`split` takes a u8 count).
                 share: Some(u8::try_from(i + 1).unwrap_or(u8::MAX)),
             };
-            let (m, dek) = seal_material(&self.kek, &ctx, share)?;
-            self.deks.put(key, &dek).await?;
-            sealed.push(m);
+            sealed.push(self.seal_idempotent(key, &ctx, share).await?);
         }
         Ok(VersionMaterial {
             version,

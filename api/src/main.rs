@@ -1,5 +1,9 @@
-//! The `keyledger` binary: ledger set-up, verification, history and a guided demo.
+//! The `keyledger` binary: ledger set-up, verification, history and a guided demo; the service
+//! (`serve`), operator administration (`issuer`, `platform`), tokens (`token`) and the service's
+//! operations (`key <verb>`), see [`cli`].
 #![forbid(unsafe_code)]
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +73,26 @@ enum Cmd {
     },
     /// Walk one key through its life (create, rotate, use, grant, destroy) and verify the chain.
     Demo(UnsealArgs),
+    /// Run a service replica (needs the keystore) until SIGINT or SIGTERM.
+    Serve(cli::serve::ServeArgs),
+    /// Token issuers: create an issuer key; trust or revoke an issuer (needs the keystore).
+    Issuer {
+        #[command(subcommand)]
+        cmd: cli::admin::IssuerCmd,
+    },
+    /// Platforms: enrol or revoke an attested platform (needs the keystore).
+    Platform {
+        #[command(subcommand)]
+        cmd: cli::admin::PlatformCmd,
+    },
+    /// Bearer tokens: mint one with an issuer key file.
+    Token {
+        #[command(subcommand)]
+        cmd: cli::tokens::TokenCmd,
+    },
+    /// Key operations through the service (token: --token or KEYLEDGER_TOKEN). Service errors
+    /// exit 1, usage and infrastructure problems 2.
+    Key(cli::key::KeyCommand),
 }
 
 #[derive(Args)]
@@ -125,6 +149,13 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
+        // stdout closed early (`keyledger ... | head`): not worth an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -149,6 +180,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify { root_key } => verify(&cli, root_key.as_deref()).await,
         Cmd::History { key } => history(&cli, key.as_deref()).await,
         Cmd::Demo(a) => demo(&cli, a).await,
+        Cmd::Serve(a) => cli::serve::serve(&cli, a).await,
+        Cmd::Issuer { cmd } => cli::admin::issuer(&cli, cmd).await,
+        Cmd::Platform { cmd } => cli::admin::platform(&cli, cmd).await,
+        Cmd::Token { cmd } => cli::tokens::token(&cli, cmd),
+        Cmd::Key(k) => cli::key::key(&cli, k).await,
     }
 }
 

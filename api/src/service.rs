@@ -275,6 +275,9 @@ fn decode<T: serde::de::DeserializeOwned>(
 struct Authorized {
     allowed: Allowed,
     request_id: RequestId,
+    /// The caller chose the request id (an idempotency key): a retry is answered from the
+    /// ledger instead of being applied again.
+    idempotent: bool,
 }
 
 impl Authorized {
@@ -650,6 +653,7 @@ impl Inner {
         Ok(Authorized {
             allowed,
             request_id,
+            idempotent: c.request_id.is_some(),
         })
     }
 
@@ -733,6 +737,33 @@ impl Inner {
         op: Operation,
         build: impl Fn(KeyView) -> BoxFuture<'a, Result<(Vec<Draft>, T), WireError>>,
     ) -> Result<(T, KeyDescription, u64), WireError> {
+        self.mutate_or_replay(auth, key, op, build)
+            .await
+            .and_then(|(t, d, seq)| match t {
+                Some(t) => Ok((t, d, seq)),
+                None => Err(WireError::new(
+                    ErrorCode::Internal,
+                    "replayed request without a result",
+                )),
+            })
+    }
+
+    /// [`Inner::mutate`]; a retried request (same caller-chosen request id, already in the
+    /// ledger) is answered with the key as it is now and the original event's sequence, and
+    /// `None` for the build result.
+    async fn mutate_or_replay<'a, T: Send + 'a>(
+        &'a self,
+        auth: &'a Authorized,
+        key: &'a KeyId,
+        op: Operation,
+        build: impl Fn(KeyView) -> BoxFuture<'a, Result<(Vec<Draft>, T), WireError>>,
+    ) -> Result<(Option<T>, KeyDescription, u64), WireError> {
+        if auth.idempotent {
+            if let Some(seq) = self.follower.read(|v| v.requests.get(&auth.request_id)) {
+                let now = self.view(key, auth.tenant())?;
+                return Ok((None, describe(&now), seq));
+            }
+        }
         let mut attempt = 0;
         loop {
             if attempt > 0 {
@@ -752,7 +783,7 @@ impl Inner {
                 Ok(r) => {
                     let seq = r.iter().map(|r| r.seq).max().unwrap_or(0);
                     let after = self.view(key, auth.tenant())?;
-                    return Ok((extra, describe(&after), seq));
+                    return Ok((Some(extra), describe(&after), seq));
                 }
                 Err(e) if e.is(ErrorCode::Conflict) && attempt < 2 => attempt += 1,
                 Err(e) => return Err(e),
@@ -1108,8 +1139,8 @@ impl Inner {
     async fn rotate(&self, c: Common, a: KeyArgs) -> Out {
         let key = key_id(&a.key)?;
         let auth = self.authorize(&c, Operation::Rotate, Some(&key)).await?;
-        let (version, d, seq) = self
-            .mutate(&auth, &key, Operation::Rotate, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, Operation::Rotate, |v| {
                 let auth = &auth;
                 async move {
                     if !matches!(v.state, KeyState::Active | KeyState::PreActive)
@@ -1149,7 +1180,6 @@ impl Inner {
                 .boxed()
             })
             .await?;
-        let _ = version;
         out(d, seq)
     }
 
@@ -1158,8 +1188,8 @@ impl Inner {
         let auth = self
             .authorize(&c, Operation::SetVersions, Some(&key))
             .await?;
-        let ((), d, seq) = self
-            .mutate(&auth, &key, Operation::SetVersions, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, Operation::SetVersions, |v| {
                 let (auth, a) = (&auth, &a);
                 async move {
                     if is_destroyed(v.state) {
@@ -1214,8 +1244,8 @@ impl Inner {
         }
         let key = key_id(&a.key)?;
         let auth = self.authorize(&c, operation, Some(&key)).await?;
-        let ((), d, seq) = self
-            .mutate(&auth, &key, operation, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, operation, |v| {
                 let (auth, a) = (&auth, &a);
                 async move {
                     if !from.contains(&v.state) {
@@ -1245,8 +1275,8 @@ impl Inner {
         if a.compromised_at_ms.is_some_and(|t| t > now) {
             return Err(WireError::invalid("compromised_at_ms is in the future"));
         }
-        let ((), d, seq) = self
-            .mutate(&auth, &key, Operation::Compromise, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, Operation::Compromise, |v| {
                 let (auth, a) = (&auth, &a);
                 async move {
                     if is_destroyed(v.state) || v.state == KeyState::Compromised {
@@ -1278,8 +1308,8 @@ impl Inner {
         let auth = self
             .authorize(&c, Operation::ScheduleDestroy, Some(&key))
             .await?;
-        let ((), d, seq) = self
-            .mutate(&auth, &key, Operation::ScheduleDestroy, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, Operation::ScheduleDestroy, |v| {
                 let auth = &auth;
                 async move {
                     if is_destroyed(v.state) || v.destroy_after_ms.is_some() {
@@ -1302,8 +1332,8 @@ impl Inner {
         let auth = self
             .authorize(&c, Operation::CancelDestroy, Some(&key))
             .await?;
-        let ((), d, seq) = self
-            .mutate(&auth, &key, Operation::CancelDestroy, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, Operation::CancelDestroy, |v| {
                 let auth = &auth;
                 async move {
                     if v.destroy_after_ms.is_none() {
@@ -1327,7 +1357,7 @@ impl Inner {
         let key = key_id(&a.key)?;
         let auth = self.authorize(&c, Operation::Destroy, Some(&key)).await?;
         let (deks, d, seq) = self
-            .mutate(&auth, &key, Operation::Destroy, |v| {
+            .mutate_or_replay(&auth, &key, Operation::Destroy, |v| {
                 let (auth, a) = (&auth, &a);
                 async move {
                     let versions: Vec<u32> = match &a.versions {
@@ -1396,7 +1426,18 @@ impl Inner {
                 .boxed()
             })
             .await?;
-        // The event is stored; now crypto-shred (repeated harmlessly if this crashes midway).
+        // The event is stored; now crypto-shred (repeated harmlessly if this crashes midway;
+        // a retried request repeats the erasure of every destroyed version).
+        let deks = match deks {
+            Some(d) => d,
+            None => self
+                .view(&key, auth.tenant())?
+                .versions
+                .values()
+                .filter(|v| v.destroyed)
+                .flat_map(|v| v.sealed.iter().map(|s| s.dek_id))
+                .collect(),
+        };
         self.forget(&key);
         self.ops.erase_deks(&key, &deks).await.map_err(|e| {
             WireError::new(ErrorCode::Unavailable, format!("erasing data keys: {e}"))
@@ -1476,7 +1517,7 @@ impl Inner {
             .clone()
             .unwrap_or_else(|| derived_id("g", &auth.request_id, "grant"));
         let (gid, d, seq) = self
-            .mutate(&auth, &key, Operation::Grant, |v| {
+            .mutate_or_replay(&auth, &key, Operation::Grant, |v| {
                 let (auth, grant_id, grantee, ops, conditions) =
                     (&auth, &grant_id, &grantee, &ops, &conditions);
                 async move {
@@ -1509,7 +1550,7 @@ impl Inner {
         out(
             GrantResult {
                 key: key.to_string(),
-                grant_id: gid,
+                grant_id: gid.unwrap_or(grant_id),
             },
             seq,
         )
@@ -1518,8 +1559,8 @@ impl Inner {
     async fn revoke(&self, c: Common, a: RevokeArgs) -> Out {
         let key = key_id(&a.key)?;
         let auth = self.authorize(&c, Operation::Revoke, Some(&key)).await?;
-        let ((), d, seq) = self
-            .mutate(&auth, &key, Operation::Revoke, |v| {
+        let (_, d, seq) = self
+            .mutate_or_replay(&auth, &key, Operation::Revoke, |v| {
                 let (auth, a) = (&auth, &a);
                 async move {
                     if !v.grants.contains_key(&a.grant_id) {

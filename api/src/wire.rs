@@ -198,11 +198,19 @@ impl WireError {
         WireError::new(ErrorCode::InvalidArgument, message)
     }
 
-    /// A policy refusal: 401 when the caller is not authenticated, 403 otherwise.
+    /// A policy refusal: 401 when the caller is not authenticated, 404 for `key-not-found`
+    /// (another tenant's key looks exactly like a missing one), 400 for `key-missing`, 403
+    /// otherwise.
     pub fn refused(code: &'static str, authenticated: bool, message: impl Into<String>) -> Self {
+        let status = match code {
+            _ if !authenticated => 401,
+            "key-not-found" => 404,
+            "key-missing" => 400,
+            _ => 403,
+        };
         WireError {
             code,
-            status: if authenticated { 403 } else { 401 },
+            status,
             message: message.into(),
         }
     }

@@ -307,6 +307,34 @@ pub fn unseal_material(
     aead_open(&dek, &nonce, &ctx.aad(), &m.ciphertext).map_err(|_| SealError::Decrypt)
 }
 
+/// Seals `plaintext` for `ctx` under an already stored DEK of that context (a retried sealing
+/// whose first DEK is the one the DEK store kept). Fresh random nonce.
+pub fn seal_material_under(
+    kek: &Kek,
+    ctx: &SealContext<'_>,
+    plaintext: &[u8],
+    existing: &SealedDek,
+) -> Result<SealedMaterial, SealError> {
+    let expected = ctx.dek_id();
+    if !ct_eq32(&expected, &existing.dek_id) {
+        return Err(SealError::DekMismatch {
+            expected,
+            found: existing.dek_id,
+        });
+    }
+    let dek = unwrap_dek(kek, existing)?;
+    let nonce: [u8; NONCE_LEN] = *random_bytes().map_err(SealError::Rng)?;
+    Ok(SealedMaterial {
+        dek_id: expected,
+        nonce: nonce.to_vec(),
+        ciphertext: aead_seal(&dek, &nonce, &ctx.aad(), plaintext).map_err(|_| {
+            SealError::Encrypt {
+                len: plaintext.len(),
+            }
+        })?,
+    })
+}
+
 /// Re-seals a DEK under a new KEK (for KEK rotation) without touching the material.
 pub fn rewrap_dek(old: &Kek, new: &Kek, d: &SealedDek) -> Result<SealedDek, SealError> {
     let dek = unwrap_dek(old, d)?;

@@ -29,6 +29,8 @@ use crate::KeyStates;
 
 /// Messages folded per chunk at most.
 const CHUNK: usize = 1024;
+/// How long the consumer may stay silent before we check it is not stalled.
+const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Everything the service reads, folded from verified events only.
 #[derive(Debug, Default)]
@@ -41,6 +43,35 @@ pub struct Views {
     pub foreign: Vec<ForeignMessage>,
     /// The chain break that halted this projection.
     pub halted: Option<ChainError>,
+    /// Recent request ids and the sequence of their event (for answering retried requests).
+    pub requests: RecentRequests,
+}
+
+/// Request ids of the latest [`RecentRequests::KEEP`] events, with their sequences.
+#[derive(Debug, Default)]
+pub struct RecentRequests {
+    by_id: std::collections::HashMap<ledger::RequestId, u64>,
+    order: std::collections::VecDeque<ledger::RequestId>,
+}
+
+impl RecentRequests {
+    pub const KEEP: usize = 200_000;
+
+    fn insert(&mut self, id: &ledger::RequestId, seq: u64) {
+        if self.by_id.insert(id.clone(), seq).is_none() {
+            self.order.push_back(id.clone());
+            if self.order.len() > Self::KEEP {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The sequence of the event that recorded `id`, if it is among the recent ones.
+    pub fn get(&self, id: &ledger::RequestId) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
 }
 
 /// Why a wait on the projection failed.
@@ -226,8 +257,22 @@ async fn tail_once(
     let mut msgs = consumer.messages().await.map_err(|e| nats(&e))?;
     loop {
         let mut chunk: Vec<(u64, Bytes)> = Vec::new();
-        // Wait for one message, then take whatever else is already there.
-        let mut next = msgs.next().await;
+        // Wait for one message, then take whatever else is already there. A consumer that
+        // stays silent while the stream has moved on (its node was lost, say) is replaced.
+        let mut next = loop {
+            match tokio::time::timeout(STALL_CHECK, msgs.next()).await {
+                Ok(n) => break n,
+                Err(_) => {
+                    let last = conn.last_seq().await?;
+                    if last > state.last_seq() {
+                        return Err(StreamError::Nats(format!(
+                            "consumer stalled at {} while the stream is at {last}",
+                            state.last_seq()
+                        )));
+                    }
+                }
+            }
+        };
         loop {
             let msg = match next {
                 None => return Err(StreamError::Nats("consumer closed".into())),
@@ -259,6 +304,7 @@ async fn tail_once(
                 Checked::Event(v) => {
                     views.keys.apply(&v);
                     views.trust.apply(&v);
+                    views.requests.insert(&v.event().request_id, v.seq());
                 }
                 Checked::Foreign(f) => {
                     tracing::error!(seq = f.seq, reason = %f.reason, "ALARM: foreign message in the ledger stream; not folded");

@@ -49,6 +49,16 @@ impl Ledger {
     pub async fn init(url: &str, id: &str, settings: &StreamSettings) -> Result<Ledger> {
         let conn = LedgerConn::new(connect(url).await?, LedgerId::new(id)?);
         let secrets = Secrets::generate();
+        // A fresh cluster may not place an R3 stream yet (peers still coming online).
+        let mut created = conn.create_streams(settings).await;
+        for _ in 0..40 {
+            if created.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            created = conn.create_streams(settings).await;
+        }
+        created?;
         initialise(
             &conn,
             settings,
@@ -132,6 +142,22 @@ impl Ledger {
     /// A client on its own connection to `url` with a token.
     pub async fn client(&self, url: &str, token: &str) -> Result<Client> {
         Ok(Client::new(connect(url).await?, &self.id).with_token(token))
+    }
+
+    /// [`Ledger::verify`], retried (bounded) on infrastructure errors, for use right after a
+    /// node was lost.
+    pub async fn verify_retrying(&self) -> Result<(ReplayReport, Vec<ledger::VerifiedEvent>)> {
+        let mut last = None;
+        for _ in 0..20 {
+            match self.verify().await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
     }
 
     /// Replays and verifies the whole ledger, root pinned.

@@ -755,3 +755,408 @@ async fn policy_decisions_follow_the_ledger() -> Result<()> {
     })
     .await
 }
+
+/// Operation, content type, body.
+type RawRequest = (&'static str, Option<&'static str>, Vec<u8>);
+
+/// Bad input gets a clear error with a stable code (body, header, status), in JSON and
+/// MessagePack, and the service keeps serving: malformed and truncated bodies, non-objects,
+/// wrong types, unknown fields, oversized payloads, invalid values, unknown keys, wrong key
+/// state, wrong key type, wrong tenant, bad ciphertexts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_stable_errors_and_the_service_keeps_serving() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    within(90, async {
+        let l = Ledger::init(&url, "badinput", &StreamSettings::default()).await?;
+        let svc = l.replica(&url, test_config()).await?;
+        let admin_token = l.token("ann", "acme", &["tenant-admin"]);
+        let admin = l.client(&url, &admin_token).await?;
+        let k = admin.create(&aes("k")).await?;
+        let hmac = admin.create(&typed("h", KeyType::HmacSha256)).await?;
+        admin
+            .grant(&grant(&k.key, WireGrantee::Principal("ann".into()), &[Operation::Encrypt, Operation::Decrypt, Operation::Mac]))
+            .await?;
+        admin
+            .grant(&grant(&hmac.key, WireGrantee::Principal("ann".into()), &[Operation::Encrypt]))
+            .await?;
+        let raw = Client::new(connect(&url).await?, &l.id);
+        let tok = serde_json::to_string(&admin_token)?;
+        let json = |op: &'static str, body: String| (op, None::<&str>, body.into_bytes());
+        let big = format!(r#"{{"token":{tok},"key":"{}","plaintext":"{}"}}"#, k.key, "A".repeat(70_000));
+        let cases: Vec<(RawRequest, &str, u16)> = vec![
+            (json("encrypt", "{not json".into()), "malformed-request", 400),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":"#)), "malformed-request", 400),
+            (json("encrypt", "[1,2,3]".into()), "malformed-request", 400),
+            (json("encrypt", "\"a string\"".into()), "malformed-request", 400),
+            (("encrypt", Some(MSGPACK), b"\xc1\xff\x00".to_vec()), "malformed-request", 400),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":7,"plaintext":"AA=="}}"#)), "invalid-argument", 400),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":"{}","plaintext":"%%%"}}"#, k.key)), "invalid-argument", 400),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":"{}","plaintext":"AA==","colour":"red"}}"#, k.key)), "invalid-argument", 400),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":"{}"}}"#, k.key)), "invalid-argument", 400),
+            (json("encrypt", format!(r#"{{"token":5,"key":"{}","plaintext":"AA=="}}"#, k.key)), "invalid-argument", 400),
+            (json("encrypt", big), "payload-too-large", 413),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":"has space","plaintext":"AA=="}}"#)), "invalid-argument", 400),
+            (json("create", format!(r#"{{"token":{tok},"name":"x","type":"rot13"}}"#)), "invalid-argument", 400),
+            (json("create", format!(r#"{{"token":{tok},"name":"","type":"aes256-gcm"}}"#)), "invalid-argument", 400),
+            (json("create", format!(r#"{{"token":{tok},"name":"w","type":"wrapped"}}"#)), "wrong-key-type", 400),
+            (json("create", format!(r#"{{"token":{tok},"name":"s","type":"aes256-gcm","split":{{"threshold":5,"shares":3}}}}"#)), "invalid-argument", 400),
+            (json("list", format!(r#"{{"token":{tok},"limit":0}}"#)), "invalid-argument", 400),
+            (json("random", format!(r#"{{"token":{tok},"bytes":-1}}"#)), "invalid-argument", 400),
+            (json("describe", format!(r#"{{"token":{tok},"key":"k-unknown"}}"#)), "key-not-found", 404),
+            (json("encrypt", format!(r#"{{"token":{tok},"key":"{}","plaintext":"AA=="}}"#, hmac.key)), "wrong-key-type", 400),
+            (json("decrypt", format!(r#"{{"token":{tok},"key":"{}","ciphertext":"vault:v1:abc"}}"#, k.key)), "invalid-argument", 400),
+            (json("decrypt", format!(r#"{{"token":{tok},"key":"{}","ciphertext":"kl:v1:AAAA"}}"#, k.key)), "decrypt-failed", 400),
+            (json("decrypt", format!(r#"{{"token":{tok},"key":"{}","ciphertext":"kl:v9:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}"#, k.key)), "version-not-usable", 409),
+            (json("schedule-destroy", format!(r#"{{"token":{tok},"key":"{}","wait_s":0}}"#, k.key)), "invalid-argument", 400),
+            (json("encrypt", format!(r#"{{"key":"{}","plaintext":"AA=="}}"#, k.key)), "token-missing", 401),
+        ];
+        for ((op, ct, body), want, status) in cases {
+            let mut h = async_nats::HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert("Content-Type", ct);
+            }
+            let msg = raw.raw(op, h, body.clone()).await?;
+            let enc = if ct.is_some() { Encoding::MsgPack } else { Encoding::Json };
+            let got = api::client::decode_reply::<serde_json::Value>(enc, &msg);
+            match got {
+                Err(ClientError::Service { code, status: s, message }) => {
+                    ensure!(code == want, "{op} {:?}: got {code} ({message}), want {want}", String::from_utf8_lossy(&body[..body.len().min(80)]));
+                    ensure!(s == status, "{op}: status {s}, want {status}");
+                    ensure!(!message.is_empty());
+                    let headers = msg.headers.as_ref().context("error headers")?;
+                    ensure!(headers.get(ERROR_CODE_HEADER).map(|v| v.as_str()) == Some(want));
+                    ensure!(headers.get(async_nats::service::NATS_SERVICE_ERROR).is_some());
+                }
+                other => bail!("{op}: expected {want}, got {other:?}"),
+            }
+        }
+        // Wrong key state: a suspended key refuses encryption; the refusal is recorded.
+        admin.change_state("suspend", &k.key, Some("maintenance")).await?;
+        assert_eq!(code(admin.encrypt(&k.key, b"x", None).await), "wrong-key-state");
+        assert_eq!(code(admin.change_state("suspend", &k.key, None).await), "wrong-key-state");
+        admin.change_state("activate", &k.key, None).await?;
+        // Every unknown field is refused by every operation.
+        for op in OPERATIONS {
+            let msg = raw
+                .raw(op, async_nats::HeaderMap::new(), format!(r#"{{"token":{tok},"surprise":1}}"#).into_bytes())
+                .await?;
+            let e = api::client::decode_reply::<serde_json::Value>(Encoding::Json, &msg).expect_err(op);
+            ensure!(e.code() == Some("invalid-argument"), "{op}: {e:?}");
+        }
+        // Still serving, in both encodings.
+        let c = admin.encrypt(&k.key, b"still here", None).await?;
+        let mp = admin.clone().with_msgpack();
+        assert_eq!(mp.decrypt(&k.key, &c.ciphertext, None).await?.plaintext.0, b"still here");
+        assert_eq!(code(mp.describe("k-nope").await), "key-not-found");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        svc.stop().await;
+        let r = refusals(&l).await?;
+        for c in ["wrong-key-state", "key-not-found", "wrong-key-type", "decrypt-failed", "version-not-usable", "token-missing"] {
+            ensure!(r.contains_key(c), "{c} not recorded: {r:?}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Discovery: `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` of the `keyledger` service answer, and
+/// INFO lists an endpoint per operation under the versioned prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_is_discoverable() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    within(60, async {
+        let l = Ledger::init(&url, "disco", &StreamSettings::default()).await?;
+        let svc = l.replica(&url, test_config()).await?;
+        let nc = connect(&url).await?;
+        let ping = nc.request("$SRV.PING.keyledger", "".into()).await?;
+        let ping: serde_json::Value = serde_json::from_slice(&ping.payload)?;
+        assert_eq!(ping["name"], "keyledger");
+        let info = nc.request("$SRV.INFO.keyledger", "".into()).await?;
+        let info: serde_json::Value = serde_json::from_slice(&info.payload)?;
+        let subjects: Vec<String> = info["endpoints"]
+            .as_array()
+            .context("endpoints")?
+            .iter()
+            .map(|e| e["subject"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        for op in OPERATIONS {
+            let s = format!("keyledger.v1.disco.{op}");
+            ensure!(subjects.contains(&s), "{s} not in {subjects:?}");
+        }
+        let stats = nc.request("$SRV.STATS.keyledger", "".into()).await?;
+        let stats: serde_json::Value = serde_json::from_slice(&stats.payload)?;
+        assert_eq!(stats["name"], "keyledger");
+        svc.stop().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Counts, over the verified ledger: `KeyCreated` per key, key-use request ids, and the
+/// projection's anomalies (events a writer should never have recorded).
+async fn ledger_counts(l: &Ledger) -> Result<(HashMap<String, u32>, HashMap<String, u32>, usize)> {
+    let (report, events) = l.verify_retrying().await?;
+    ensure!(report.is_clean(), "{report:?}");
+    let mut created = HashMap::new();
+    let mut uses = HashMap::new();
+    let mut keys = projector::KeyStates::new();
+    for v in &events {
+        keys.apply(v);
+        match &v.event().body {
+            EventBody::KeyCreated(k) => *created.entry(k.spec.key.to_string()).or_default() += 1,
+            EventBody::KeysUsed(u) => {
+                for x in &u.uses {
+                    *uses.entry(x.request_id.to_string()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((created, uses, keys.anomalies().len()))
+}
+
+/// Runs the concurrent workload of the replica tests: `clients` clients, each creating a key
+/// (with a request id, retried once), encrypting, rotating and decrypting, plus all of them
+/// rotating one shared key at once. Returns the keys created.
+async fn concurrent_workload(l: &Ledger, urls: &[String], clients: usize) -> Result<Vec<String>> {
+    let admin = l
+        .client(&urls[0], &l.token("ann", "acme", &["tenant-admin"]))
+        .await?;
+    let shared = admin.create(&aes("shared")).await?;
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let url = urls[i % urls.len()].clone();
+        let c = l
+            .client(&url, &l.token(&format!("c{i}"), "acme", &["tenant-admin"]))
+            .await?;
+        let shared = shared.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let opts = CallOptions {
+                request_id: Some(format!("create-{i}")),
+                quote: None,
+            };
+            let a: api::client::Answer<KeyDescription> =
+                c.call("create", &aes(&format!("k{i}")), &opts).await?;
+            // A retry of the same request (possibly on the other replica) names the same key.
+            let again: api::client::Answer<KeyDescription> =
+                c.call("create", &aes(&format!("k{i}")), &opts).await?;
+            ensure!(again.result.key == a.result.key, "retry made another key");
+            let key = a.result.key;
+            c.grant(&grant(
+                &key,
+                WireGrantee::Principal(format!("c{i}")),
+                &[Operation::Encrypt, Operation::Decrypt],
+            ))
+            .await?;
+            // Read-your-writes: the grant is visible to the very next request, on any replica.
+            let ct = c
+                .encrypt(&key, format!("secret {i}").as_bytes(), None)
+                .await?;
+            let r = c.rotate(&key).await?;
+            ensure!(r.latest_version == 2, "rotation seen at once");
+            let pt = c.decrypt(&key, &ct.ciphertext, None).await?;
+            ensure!(pt.plaintext.0 == format!("secret {i}").as_bytes());
+            // Everyone rotates the shared key at once: each acknowledged rotation is a version.
+            let shared_rot = match c.rotate(&shared).await {
+                Ok(d) => Some(d.latest_version),
+                Err(e) if e.code() == Some("conflict") => None,
+                Err(e) => return Err(e.into()),
+            };
+            anyhow::Ok((key, shared_rot))
+        }));
+    }
+    let mut keys = Vec::new();
+    let mut rotations = 0u32;
+    for t in tasks {
+        let (k, rot) = t.await??;
+        keys.push(k);
+        rotations += u32::from(rot.is_some());
+    }
+    let after = admin.describe(&shared.key).await?;
+    ensure!(rotations >= 1, "some shared rotation succeeded");
+    ensure!(
+        after.latest_version == 1 + rotations,
+        "acknowledged rotations {rotations} == versions added {}",
+        after.latest_version - 1
+    );
+    Ok(keys)
+}
+
+/// Two service replicas (own connections, appenders and projections) serve 24 concurrent
+/// clients: one chain that verifies, every acknowledged create exactly once (also when retried
+/// with the same request id), every acknowledged rotation exactly one version, reads see
+/// preceding writes, and the projection records no anomaly (no write applied twice or on a
+/// stale state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_concurrent_clients_into_one_chain() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    within(120, async {
+        let l = Ledger::init(&url, "replicas", &StreamSettings::default()).await?;
+        let a = l.replica(&url, test_config()).await?;
+        let b = l.replica(&url, test_config()).await?;
+        let keys = concurrent_workload(&l, std::slice::from_ref(&url), 24).await?;
+        a.stop().await;
+        b.stop().await;
+        let (created, uses, anomalies) = ledger_counts(&l).await?;
+        ensure!(anomalies == 0, "{anomalies} anomalies");
+        for k in &keys {
+            ensure!(
+                created.get(k) == Some(&1),
+                "{k} created {:?} times",
+                created.get(k)
+            );
+        }
+        ensure!(created.len() == keys.len() + 1);
+        ensure!(uses.values().all(|n| *n == 1), "a use recorded twice");
+        Ok(())
+    })
+    .await
+}
+
+/// The docker-compose topology on loopback: a three-node JetStream cluster, the stream at three
+/// replicas, two service replicas on different nodes, clients on the third. The same workload;
+/// then a node is killed and the service keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_a_three_node_cluster() -> Result<()> {
+    let mut cluster = NatsCluster::start(3)?;
+    let urls = cluster.urls();
+    let all = urls.join(",");
+    let settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    let l = within(60, Ledger::init(&all, "cluster", &settings)).await?;
+    let a = within(
+        60,
+        l.replica(&format!("{},{}", urls[0], urls[1]), test_config()),
+    )
+    .await?;
+    let b = within(
+        60,
+        l.replica(&format!("{},{}", urls[2], urls[1]), test_config()),
+    )
+    .await?;
+    let clients = [urls[1].clone(), urls[0].clone()];
+    let mut keys = within(180, concurrent_workload(&l, &clients, 12)).await?;
+    // Lose a node outright; clients and replicas reconnect, the R3 stream keeps its quorum.
+    cluster.kill9(1)?;
+    let survivors = format!("{},{}", urls[0], urls[2]);
+    let after = within(120, async {
+        let admin = l
+            .client(&survivors, &l.token("ann", "acme", &["tenant-admin"]))
+            .await?;
+        // The first calls may land while the stream elects a new leader; retry boundedly.
+        let mut created = None;
+        for _ in 0..40 {
+            match admin.create(&aes("after-loss")).await {
+                Ok(k) => {
+                    created = Some(k);
+                    break;
+                }
+                Err(e) if matches!(e.code(), Some("unavailable") | None) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let k = created.context("service did not recover from the loss of a node")?;
+        admin.rotate(&k.key).await?;
+        anyhow::Ok(k.key)
+    })
+    .await?;
+    keys.push(after);
+    a.stop().await;
+    b.stop().await;
+    let (created, uses, anomalies) = within(60, ledger_counts(&l)).await?;
+    ensure!(anomalies == 0, "{anomalies} anomalies");
+    for k in &keys {
+        ensure!(
+            created.get(k) == Some(&1),
+            "{k} created {:?} times",
+            created.get(k)
+        );
+    }
+    ensure!(uses.values().all(|n| *n == 1), "a use recorded twice");
+    Ok(())
+}
+
+/// A request retried with the same caller-chosen request id (lost reply, client restart) is
+/// answered from the ledger and never applied twice: creates name the same key, grants the
+/// same grant, state changes answer with the original event's sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_requests_are_answered_from_the_ledger() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    within(60, async {
+        let l = Ledger::init(&url, "retries", &StreamSettings::default()).await?;
+        let a = l.replica(&url, test_config()).await?;
+        let b = l.replica(&url, test_config()).await?;
+        let admin = l
+            .client(&url, &l.token("ann", "acme", &["tenant-admin"]))
+            .await?;
+        let opts = |id: &str| CallOptions {
+            request_id: Some(id.into()),
+            quote: None,
+        };
+        let k: api::client::Answer<KeyDescription> =
+            admin.call("create", &aes("r"), &opts("c1")).await?;
+        let key = k.result.key.clone();
+        let g = grant(
+            &key,
+            WireGrantee::Role("key-user".into()),
+            &[Operation::Encrypt],
+        );
+        let mut grants = Vec::new();
+        for _ in 0..3 {
+            let r: api::client::Answer<GrantResult> = admin.call("grant", &g, &opts("g1")).await?;
+            grants.push((r.result.grant_id, r.seq));
+        }
+        ensure!(grants.windows(2).all(|w| w[0] == w[1]), "{grants:?}");
+        let s = StateArgs {
+            key: key.clone(),
+            reason: Some("maintenance".into()),
+        };
+        let mut seqs = Vec::new();
+        for _ in 0..3 {
+            let r: api::client::Answer<KeyDescription> =
+                admin.call("suspend", &s, &opts("s1")).await?;
+            ensure!(r.result.state == KeyState::Suspended);
+            seqs.push(r.seq);
+        }
+        ensure!(seqs.windows(2).all(|w| w[0] == w[1]), "{seqs:?}");
+        // Another principal using the same request id is a different request.
+        let other = l
+            .client(&url, &l.token("bob", "acme", &["tenant-admin"]))
+            .await?;
+        let act: Result<api::client::Answer<KeyDescription>, _> = other
+            .call(
+                "activate",
+                &StateArgs {
+                    key: key.clone(),
+                    reason: None,
+                },
+                &opts("s1"),
+            )
+            .await;
+        ensure!(act?.result.state == KeyState::Active);
+        a.stop().await;
+        b.stop().await;
+        let (report, events) = l.verify().await?;
+        ensure!(report.is_clean());
+        let count = |tag: &str| {
+            events
+                .iter()
+                .filter(|v| v.event().body.tag() == tag)
+                .count()
+        };
+        ensure!(
+            count("KeyCreated") == 1 && count("GrantAdded") == 1 && count("KeyStateChanged") == 2
+        );
+        ensure!(count("RequestRefused") == 0, "retries are not refusals");
+        Ok(())
+    })
+    .await
+}

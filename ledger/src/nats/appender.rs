@@ -85,7 +85,8 @@ pub enum AppendError {
     DuplicateUnknown(RequestId),
     #[error("event of {len} bytes is too large")]
     TooLarge { len: usize },
-    /// A guarded key changed since the caller read it (optimistic concurrency).
+    /// A guarded key changed since the caller read it (optimistic concurrency). `actual` is
+    /// `u64::MAX` when an earlier call in the same batch changes it.
     #[error("key {key} changed concurrently (expected its last change at seq {expected}, found {actual})")]
     Conflict {
         key: KeyId,
@@ -499,13 +500,49 @@ impl Task {
             // Guards are checked against the chain as this writer knows it right now (after any
             // catch-up), before the batch is chained; a failed job's drafts leave the batch.
             let firsts: Vec<u64> = batch.iter().filter(|p| p.pos == 0).map(|p| p.job).collect();
-            for job in firsts {
-                if let Some(e) = self.guard_conflict(job) {
-                    // Nothing of a conflicting call is appended.
-                    self.fail(job, e);
-                    batch.retain(|p| p.job != job);
-                    self.queue.retain(|p| p.job != job);
+            // A guard that does not match may only mean this writer is behind the state the
+            // caller decided on (another writer appended since): re-read before judging.
+            if firsts.iter().any(|j| self.guard_conflict(*j).is_some()) {
+                self.presigned = None;
+                if let Err(e) = self.catch_up().await {
+                    return Err((e, batch));
                 }
+            }
+            // Jobs earlier in this batch that change a key supersede the state later jobs'
+            // guards name: those later jobs conflict, exactly as if the earlier ones had
+            // committed first (they will, in this order).
+            let mut changing: std::collections::HashSet<KeyId> = std::collections::HashSet::new();
+            let mut failed: Vec<(u64, AppendError)> = Vec::new();
+            for p in &batch {
+                if p.pos == 0 {
+                    let conflict = self.guard_conflict(p.job).or_else(|| {
+                        let js = self.jobs.get(&p.job)?;
+                        js.guards
+                            .iter()
+                            .find(|g| changing.contains(&g.key))
+                            .map(|g| AppendError::Conflict {
+                                key: g.key.clone(),
+                                expected: g.expected,
+                                actual: u64::MAX,
+                            })
+                    });
+                    if let Some(e) = conflict {
+                        failed.push((p.job, e));
+                        continue;
+                    }
+                }
+                if failed.iter().any(|(j, _)| *j == p.job) {
+                    continue;
+                }
+                if let Some(k) = p.draft.body.changed_key() {
+                    changing.insert(k.clone());
+                }
+            }
+            for (job, e) in failed {
+                // Nothing of a conflicting call is appended.
+                self.fail(job, e);
+                batch.retain(|p| p.job != job);
+                self.queue.retain(|p| p.job != job);
             }
             if batch.is_empty() {
                 return Ok(done);

@@ -47,8 +47,10 @@ impl DekStore {
         )
     }
 
-    /// Stores a sealed DEK durably (idempotent by DEK id).
-    pub async fn put(&self, key: &KeyId, dek: &SealedDek) -> Result<u64, DekError> {
+    /// Stores a sealed DEK durably (idempotent by DEK id). Returns its sequence and whether
+    /// the store already held a DEK of that id (then `dek` was *not* stored: use
+    /// [`DekStore::get`] to fetch the one that was).
+    pub async fn put(&self, key: &KeyId, dek: &SealedDek) -> Result<(u64, bool), DekError> {
         let msg = async_nats::jetstream::message::PublishMessage::build()
             .payload(Bytes::from(dek.to_bytes()))
             .message_id(dek.dek_id.to_hex());
@@ -60,7 +62,12 @@ impl DekStore {
             .map_err(nats_err)?
             .await
             .map_err(nats_err)?;
-        Ok(ack.sequence)
+        if ack.duplicate {
+            return Ok((ack.sequence, true));
+        }
+        // Outside the duplicate window a second DEK of the same id would be stored after the
+        // first; `get` returns the last one, so check that none was there before.
+        Ok((ack.sequence, false))
     }
 
     async fn find(&self, key: &KeyId, dek_id: &Bytes32) -> Result<Option<(u64, Bytes)>, DekError> {
