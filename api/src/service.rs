@@ -1923,17 +1923,24 @@ impl Inner {
                     if !can_process(&v) {
                         return Err(state_err(&v, op));
                     }
-                    let vv = v.versions.get(&version).ok_or_else(|| {
-                        WireError::new(ErrorCode::VersionNotUsable, format!("no version {version}"))
-                    })?;
+                    let vv = v
+                        .versions
+                        .get(&version)
+                        .filter(|x| !x.destroyed && version >= v.min_decrypt_version)
+                        .ok_or_else(|| {
+                            WireError::new(
+                                ErrorCode::VersionNotUsable,
+                                format!(
+                                    "version {version} does not exist, was destroyed, or is below the minimum"
+                                ),
+                            )
+                        })?;
                     let public = vv.public_key.clone().unwrap_or_default();
                     Ok((
                         version,
                         ValidResult {
                             key: v.spec.key.to_string(),
-                            valid: !vv.destroyed
-                                && version >= v.min_decrypt_version
-                                && crypto::verify(&public, &a.message.0, sig),
+                            valid: crypto::verify(&public, &a.message.0, sig),
                         },
                     ))
                 }
