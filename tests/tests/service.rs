@@ -1160,3 +1160,175 @@ async fn retried_requests_are_answered_from_the_ledger() -> Result<()> {
     })
     .await
 }
+
+/// Lifecycle states and listing: pre-active keys cannot be used until activated; suspended
+/// keys not at all; deactivated and compromised keys only decrypt; listing filters by state,
+/// type, label and name prefix and pages with `after`/`next`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_states_and_listing() -> Result<()> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    within(90, async {
+        let l = Ledger::init(&url, "states", &StreamSettings::default()).await?;
+        let svc = l.replica(&url, test_config()).await?;
+        let admin = l
+            .client(&url, &l.token("ann", "acme", &["tenant-admin"]))
+            .await?;
+        let keyadmin = l
+            .client(&url, &l.token("kim", "acme", &["key-admin"]))
+            .await?;
+        let auditor = l
+            .client(&url, &l.token("aud", "acme", &["auditor"]))
+            .await?;
+        let mut args = aes("pre");
+        args.pre_active = true;
+        args.labels.insert("env".into(), "prod".into());
+        let k = keyadmin.create(&args).await?;
+        assert_eq!(k.state, KeyState::PreActive);
+        let key = k.key.clone();
+        admin
+            .grant(&grant(
+                &key,
+                WireGrantee::Role("key-admin".into()),
+                &[Operation::Encrypt, Operation::Decrypt],
+            ))
+            .await?;
+        assert_eq!(
+            code(keyadmin.encrypt(&key, b"x", None).await),
+            "wrong-key-state"
+        );
+        assert_eq!(
+            keyadmin.change_state("activate", &key, None).await?.state,
+            KeyState::Active
+        );
+        let ct = keyadmin.encrypt(&key, b"data", None).await?;
+        keyadmin
+            .change_state("suspend", &key, Some("incident 7"))
+            .await?;
+        assert_eq!(
+            code(keyadmin.decrypt(&key, &ct.ciphertext, None).await),
+            "wrong-key-state"
+        );
+        keyadmin.change_state("activate", &key, None).await?;
+        keyadmin
+            .change_state("deactivate", &key, Some("retired"))
+            .await?;
+        assert_eq!(
+            code(keyadmin.encrypt(&key, b"x", None).await),
+            "wrong-key-state"
+        );
+        assert_eq!(
+            keyadmin
+                .decrypt(&key, &ct.ciphertext, None)
+                .await?
+                .plaintext
+                .0,
+            b"data"
+        );
+        assert_eq!(
+            code(keyadmin.change_state("activate", &key, None).await),
+            "wrong-key-state"
+        );
+        let c = keyadmin
+            .compromise(&CompromiseArgs {
+                key: key.clone(),
+                reason: "leaked in a log".into(),
+                compromised_at_ms: Some(1_700_000_000_000),
+            })
+            .await?;
+        assert_eq!(
+            (c.state, c.compromised_at_ms),
+            (KeyState::Compromised, Some(1_700_000_000_000))
+        );
+        assert_eq!(
+            keyadmin
+                .decrypt(&key, &ct.ciphertext, None)
+                .await?
+                .plaintext
+                .0,
+            b"data"
+        );
+        assert_eq!(
+            code(keyadmin.encrypt(&key, b"x", None).await),
+            "wrong-key-state"
+        );
+        // Roles: key admins may not destroy or grant; auditors only look.
+        assert_eq!(code(keyadmin.destroy(&key, None).await), "forbidden");
+        assert_eq!(auditor.describe(&key).await?.state, KeyState::Compromised);
+        assert_eq!(code(auditor.rotate(&key).await), "forbidden");
+        // Listing.
+        for i in 0..5 {
+            let mut a = typed(
+                &format!("batch-{i}"),
+                if i % 2 == 0 {
+                    KeyType::Ed25519
+                } else {
+                    KeyType::HmacSha256
+                },
+            );
+            a.labels.insert("team".into(), "ml".into());
+            admin.create(&a).await?;
+        }
+        let by_type = auditor
+            .list(&ListArgs {
+                key_type: Some(KeyType::Ed25519),
+                ..ListArgs::default()
+            })
+            .await?;
+        assert_eq!(by_type.keys.len(), 3);
+        let by_state = auditor
+            .list(&ListArgs {
+                state: Some(KeyState::Compromised),
+                ..ListArgs::default()
+            })
+            .await?;
+        assert_eq!(by_state.keys.len(), 1);
+        let by_label = auditor
+            .list(&ListArgs {
+                label: Some("team=ml".into()),
+                ..ListArgs::default()
+            })
+            .await?;
+        assert_eq!(by_label.keys.len(), 5);
+        let by_prefix = auditor
+            .list(&ListArgs {
+                name_prefix: Some("batch-".into()),
+                limit: Some(2),
+                ..ListArgs::default()
+            })
+            .await?;
+        assert_eq!(by_prefix.keys.len(), 2);
+        let mut seen: Vec<String> = by_prefix.keys.iter().map(|k| k.key.clone()).collect();
+        let mut next = by_prefix.next.clone();
+        let mut pages = 1;
+        while let Some(after) = next {
+            let page = auditor
+                .list(&ListArgs {
+                    name_prefix: Some("batch-".into()),
+                    limit: Some(2),
+                    after: Some(after),
+                    ..ListArgs::default()
+                })
+                .await?;
+            seen.extend(page.keys.iter().map(|k| k.key.clone()));
+            next = page.next;
+            pages += 1;
+            ensure!(pages < 10, "paging does not end");
+        }
+        assert_eq!((seen.len(), pages), (5, 3));
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, seen, "pages in key order, no repeats");
+        // Another tenant sees none of it.
+        let globex = l
+            .client(&url, &l.token("gus", "globex", &["tenant-admin"]))
+            .await?;
+        assert!(globex.list(&ListArgs::default()).await?.keys.is_empty());
+        svc.stop().await;
+        let (report, _) = l.verify().await?;
+        ensure!(report.is_clean());
+        Ok(())
+    })
+    .await
+}
