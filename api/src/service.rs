@@ -47,6 +47,7 @@ use projector::attest::{AttestError, NonceIssuer, NONCE_TTL_MS};
 use projector::live::{FollowError, Follower};
 use projector::policy::{decide, Allowed, Cause, Decision, Inputs, Refusal, Request, Role};
 use projector::refusals::RefusalLog;
+use projector::token::TokenCache;
 use projector::KeyView;
 
 use crate::crypto;
@@ -105,6 +106,7 @@ struct Inner {
     ops: KeyOps,
     follower: Follower,
     nonces: NonceIssuer,
+    tokens: TokenCache,
     refusals: Mutex<RefusalLog>,
     uses: mpsc::Sender<UseJob>,
     cache: Mutex<Cache>,
@@ -160,6 +162,7 @@ pub async fn start(
         ops,
         follower,
         nonces,
+        tokens: TokenCache::new(100_000),
         refusals: Mutex::new(RefusalLog::new(
             config.refusal_interval.as_millis() as u64,
             10_000,
@@ -613,6 +616,7 @@ impl Inner {
                     trust: &v.trust,
                     nonces: &self.nonces,
                     now_ms: now,
+                    tokens: Some(&self.tokens),
                 },
             )
         });

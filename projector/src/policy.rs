@@ -30,7 +30,7 @@ use ledger::{Bytes32, EventBody, KeyId, RequestId, TenantId};
 use crate::attest::{
     attestation_request_id, verify_quote, AttestError, AttestedPlatform, NonceIssuer,
 };
-use crate::token::{verify_token, Claims, IssuerStatus, TokenError};
+use crate::token::{verify_token, Claims, IssuerStatus, TokenCache, TokenError};
 use crate::trust::Trust;
 use crate::{KeyStates, KeyView};
 
@@ -122,6 +122,8 @@ pub struct Inputs<'a> {
     pub trust: &'a Trust,
     pub nonces: &'a NonceIssuer,
     pub now_ms: u64,
+    /// Verified tokens to reuse (same answers, less work); `None` verifies every time.
+    pub tokens: Option<&'a TokenCache>,
 }
 
 /// Why an operation was allowed.
@@ -283,7 +285,11 @@ pub fn decide(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
     let Some(token) = req.token else {
         return refuse(refusal, Cause::TokenMissing);
     };
-    let claims = match verify_token(token, inputs.now_ms, |iss| issuer_status(inputs.trust, iss)) {
+    let verified = match inputs.tokens {
+        Some(cache) => cache.verify(token, inputs.now_ms, |iss| issuer_status(inputs.trust, iss)),
+        None => verify_token(token, inputs.now_ms, |iss| issuer_status(inputs.trust, iss)),
+    };
+    let claims = match verified {
         Ok(c) => c,
         Err(e) => return refuse(refusal, e.into()),
     };

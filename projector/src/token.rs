@@ -287,6 +287,11 @@ pub fn verify_token<'a>(
     key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&signature))
         .map_err(|_| TokenError::BadSignature)?;
 
+    trusted_checks(claims, tenants, now)
+}
+
+/// Steps 9 and 10 of [`verify_token`]: the claims of a token whose signature holds.
+fn trusted_checks(claims: Claims, tenants: &[TenantId], now: u64) -> Result<Claims, TokenError> {
     // 9. From here on the claims are the issuer's word.
     if !tenants.is_empty() && !tenants.contains(&claims.tenant) {
         return Err(TokenError::IssuerNotForTenant {
@@ -363,6 +368,76 @@ pub fn mint_token(key: &IssuerKey, claims: &Claims) -> String {
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
     token
+}
+
+/// Remembers tokens whose signature verified, so a caller presenting the same token again costs
+/// a hash instead of an Ed25519 verification. A hit is re-checked against the issuer as it is
+/// *now* (same key still trusted, not revoked, tenant allowed) and against the clock, so the
+/// cache changes the cost of [`verify_token`], never its answer.
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Claims, [u8; 32])>>,
+    capacity: usize,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// [`verify_token`], remembering successes.
+    pub fn verify<'a>(
+        &self,
+        token: &str,
+        now_ms: u64,
+        issuer: impl Fn(&str) -> IssuerStatus<'a>,
+    ) -> Result<Claims, TokenError> {
+        let id = *blake3::hash(token.as_bytes()).as_bytes();
+        let hit = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some((claims, key)) = hit {
+            match issuer(&claims.iss) {
+                IssuerStatus::Trusted {
+                    public_key,
+                    tenants,
+                } if *public_key == key => return trusted_checks(claims, tenants, now_ms / 1000),
+                IssuerStatus::Revoked => return Err(TokenError::RevokedIssuer(claims.iss)),
+                IssuerStatus::Unknown => return Err(TokenError::UnknownIssuer(claims.iss)),
+                // The issuer's key rotated: verify afresh (and fail) below.
+                IssuerStatus::Trusted { .. } => {}
+            }
+        }
+        let mut key_used = None;
+        let claims = verify_token(token, now_ms, |iss| {
+            let s = issuer(iss);
+            if let IssuerStatus::Trusted { public_key, .. } = s {
+                key_used = Some(*public_key);
+            }
+            s
+        })?;
+        if let Some(key) = key_used {
+            let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if e.len() >= self.capacity {
+                e.clear();
+            }
+            e.insert(id, (claims.clone(), key));
+        }
+        Ok(claims)
+    }
 }
 
 #[cfg(test)]

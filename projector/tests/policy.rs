@@ -400,6 +400,7 @@ fn run(t: Tok, q: Q, op: Operation, k: Option<&str>) -> Decision {
             trust: &w.trust,
             nonces: &nonces,
             now_ms: NOW_MS,
+            tokens: None,
         },
     )
 }
@@ -1135,10 +1136,13 @@ proptest! {
         let key_name = s.key_is_acme.map(|a| if a { "k-acme" } else { "k-globex" });
         let key_id = key_name.map(key);
         let n = nonces();
-        let d = decide(
-            &Request { token: Some(&token), quote: q.as_ref(), operation: s.op, key: key_id.as_ref() },
-            &Inputs { keys: &keys, trust: &trust, nonces: &n, now_ms: NOW_MS },
-        );
+        let cache = projector::token::TokenCache::new(4);
+        let request = Request { token: Some(&token), quote: q.as_ref(), operation: s.op, key: key_id.as_ref() };
+        let with = |tokens| Inputs { keys: &keys, trust: &trust, nonces: &n, now_ms: NOW_MS, tokens };
+        let d = decide(&request, &with(None));
+        // The token cache changes the cost, never the answer (a miss, then a hit).
+        prop_assert_eq!(&decide(&request, &with(Some(&cache))), &d);
+        prop_assert_eq!(&decide(&request, &with(Some(&cache))), &d);
 
         // The rules, stated independently.
         let by_role = roles.iter().any(|r| role_table(r).contains(&s.op));
