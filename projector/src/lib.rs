@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod audit;
 pub mod live;
 pub mod policy;
 pub mod refusals;
