@@ -389,29 +389,13 @@ async fn verify(cli: &Cli, root_key: Option<&str>) -> Result<ExitCode> {
 fn describe(body: &EventBody) -> String {
     match body {
         EventBody::LedgerCreated(e) => format!("root key {}", e.root_key.short()),
-        EventBody::SignerEnrolled(e) => format!("{} {} ({})", e.role, e.signer.short(), e.label),
-        EventBody::KeyCreated(e) => format!(
-            "{} {} v{}",
-            e.spec.key_type, e.spec.state, e.material.version
-        ),
-        EventBody::KeyRotated(e) => format!("v{}", e.material.version),
         EventBody::KeysUsed(e) => e
             .uses
             .iter()
             .map(|u| format!("{} v{} by {}", u.operation, u.version, u.principal))
             .collect::<Vec<_>>()
             .join(", "),
-        EventBody::GrantAdded(e) => format!(
-            "{} {:?} -> {:?}",
-            e.grant.grant_id, e.grant.grantee, e.grant.operations
-        ),
-        EventBody::KeyDestroyed(e) => format!(
-            "versions {:?}, {} data keys erased",
-            e.versions,
-            e.erased_deks.len()
-        ),
-        EventBody::KeyStateChanged(e) => format!("{} -> {}", e.from, e.to),
-        other => other.tag().to_string(),
+        other => projector::audit::describe_event(other),
     }
 }
 

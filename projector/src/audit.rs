@@ -93,7 +93,8 @@ fn op_of(body: &EventBody) -> Option<Operation> {
     })
 }
 
-fn detail(body: &EventBody) -> String {
+/// A short human description of an event (for histories and reports).
+pub fn describe_event(body: &EventBody) -> String {
     match body {
         EventBody::KeyCreated(e) => format!("{} created {} v1", e.spec.key_type, e.spec.state),
         EventBody::KeyImported(e) => format!("{} imported", e.spec.key_type),
@@ -207,7 +208,7 @@ impl AuditIndex {
                 _ => None,
             },
             request_id: e.request_id.to_string(),
-            detail: detail(&e.body),
+            detail: describe_event(&e.body),
         };
         match &e.body {
             EventBody::KeysUsed(u) => {
