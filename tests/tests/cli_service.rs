@@ -789,6 +789,202 @@ fn operator_and_user_drive_the_service_through_the_cli() -> Result<()> {
         .line();
     ensure!(random.len() == b64_len(16), "{random:?}");
 
+    // The remaining verbs: import, lifecycle states, set-versions, revoke, MAC, destroy,
+    // nonce; operator revocations.
+    let ok_json = |token: &str, args: &[&str], what: &str| -> Result<serde_json::Value> {
+        as_token(token, args)?.ok(what)?.json()
+    };
+    let imported = ok_json(
+        &admin,
+        &[
+            "--json",
+            "key",
+            "import",
+            "--name",
+            "byok",
+            "--type",
+            "hmac-sha256",
+            "--material-b64",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ],
+        "key import",
+    )?;
+    ensure!(imported["imported"] == true, "{imported}");
+    let hk = imported["key"].as_str().context("imported id")?.to_owned();
+    let g = ok_json(
+        &admin,
+        &[
+            "--json",
+            "key",
+            "grant",
+            &hk,
+            "--principal",
+            "alice",
+            "--op",
+            "mac,verify-mac",
+        ],
+        "grant mac",
+    )?;
+    let grant_id = g["grant_id"].as_str().context("grant id")?.to_owned();
+    let tag = as_token(&user, &["key", "mac", &hk, "--message", "invoice 7"])?
+        .ok("key mac")?
+        .line();
+    ensure!(tag.starts_with("kl:v1:"), "{tag}");
+    as_token(
+        &user,
+        &[
+            "key",
+            "verify-mac",
+            &hk,
+            "--message",
+            "invoice 7",
+            "--mac",
+            &tag,
+        ],
+    )?
+    .ok("verify-mac")?;
+    let bad_mac = as_token(
+        &user,
+        &[
+            "key",
+            "verify-mac",
+            &hk,
+            "--message",
+            "invoice 8",
+            "--mac",
+            &tag,
+        ],
+    )?;
+    ensure!(
+        bad_mac.code == Some(1),
+        "a wrong MAC exits 1: {:?}",
+        bad_mac.code
+    );
+    // The MAC is what HMAC-SHA-256 with the imported material gives.
+    let (_, raw_tag) =
+        api::wire::parse_versioned(&tag, "mac").map_err(|e| anyhow::anyhow!(e.message))?;
+    ensure!(api::crypto::verify_mac(
+        b"0123456789abcdef0123456789abcdef",
+        b"invoice 7",
+        &raw_tag
+    ));
+    ok_json(
+        &admin,
+        &["--json", "key", "revoke", &hk, &grant_id],
+        "key revoke",
+    )?;
+    let revoked = as_token(&user, &["key", "mac", &hk, "--message", "x"])?;
+    ensure!(
+        revoked.code == Some(1) && revoked.stderr.contains("forbidden"),
+        "{}",
+        revoked.stderr
+    );
+    for (verb, state) in [
+        ("suspend", "suspended"),
+        ("activate", "active"),
+        ("deactivate", "deactivated"),
+    ] {
+        let d = ok_json(
+            &admin,
+            &["--json", "key", verb, &hk, "--reason", "cli test"],
+            verb,
+        )?;
+        ensure!(d["state"] == state, "{verb}: {d}");
+    }
+    let c = ok_json(
+        &admin,
+        &[
+            "--json",
+            "key",
+            "compromise",
+            &hk,
+            "--reason",
+            "pasted in a chat",
+        ],
+        "compromise",
+    )?;
+    ensure!(
+        c["state"] == "compromised" && c["compromised_at_ms"].is_u64(),
+        "{c}"
+    );
+    as_token(&admin, &["key", "rotate", &key])?.ok("rotate again")?;
+    let sv = ok_json(
+        &admin,
+        &["--json", "key", "set-versions", &key, "--min-decrypt", "2"],
+        "set-versions",
+    )?;
+    ensure!(sv["min_decrypt_version"] == 2, "{sv}");
+    let old = ok_json(
+        &admin,
+        &["--json", "key", "destroy", &key, "--version", "1"],
+        "destroy v1",
+    )?;
+    ensure!(old["versions"][0]["destroyed"] == true, "{old}");
+    as_token(&admin, &["key", "schedule-destroy", &key, "--wait-s", "1"])?.ok("schedule")?;
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let gone = ok_json(&admin, &["--json", "key", "destroy", &key], "destroy")?;
+    ensure!(gone["state"] == "destroyed", "{gone}");
+    let nonce = cli(&["--json", "key", "nonce"])?.ok("nonce")?.json()?;
+    ensure!(
+        nonce["nonce"].as_str().is_some_and(|n| n.len() == 44),
+        "{nonce}"
+    );
+    let listed = as_token(&admin, &["key", "list", "--state", "compromised"])?.ok("list")?;
+    ensure!(listed.stdout.contains(&hk), "{}", listed.stdout);
+    let operator = |args: &[&str], what: &str| -> Result<()> {
+        let mut a = args.to_vec();
+        a.extend(["--keystore", &keystore, "--passphrase-env", KEYSTORE_PASS.0]);
+        cli(&a)?.ok(what).map(drop)
+    };
+    let attestation_key = hex::encode([0x11u8; 32]);
+    operator(
+        &[
+            "platform",
+            "enrol",
+            "--platform",
+            "tee-9",
+            "--attestation-key",
+            &hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+                    .verifying_key()
+                    .to_bytes(),
+            ),
+            "--group",
+            "tee",
+            "--measurement",
+            &attestation_key,
+        ],
+        "platform enrol",
+    )?;
+    operator(
+        &[
+            "platform",
+            "revoke",
+            "--platform",
+            "tee-9",
+            "--reason",
+            "decommissioned",
+        ],
+        "platform revoke",
+    )?;
+    operator(
+        &[
+            "issuer",
+            "revoke",
+            "--name",
+            "test-idp",
+            "--reason",
+            "rotated out",
+        ],
+        "issuer revoke",
+    )?;
+    let after_revoke = as_token(&admin, &["key", "list"])?;
+    ensure!(
+        after_revoke.code == Some(1) && after_revoke.stderr.contains("issuer-revoked"),
+        "a revoked issuer's tokens are refused at once: {}",
+        after_revoke.stderr
+    );
+
     // Graceful stop, then the whole chain verifies, root pinned.
     let code = serve.terminate()?;
     ensure!(
