@@ -11,10 +11,12 @@
 
 pub mod bytes32;
 pub mod canonical;
+pub mod checkpoint;
 pub mod custody;
 pub mod entry;
 pub mod event;
 pub mod ids;
+pub mod merkle;
 pub mod nats;
 pub mod quote;
 pub mod seal;
