@@ -37,6 +37,10 @@ const STALL_CHECK: Duration = Duration::from_secs(1);
 pub struct Views {
     pub keys: KeyStates,
     pub trust: Trust,
+    /// Audit records by key, principal, platform and refusal.
+    pub audit: crate::audit::AuditIndex,
+    /// RFC 6962 Merkle tree over the verified events' stored entries (leaf i = chain index i).
+    pub tree: ledger::merkle::Tree,
     /// Last stream sequence folded (verified event or foreign message).
     pub last_seq: u64,
     /// Foreign messages met, by sequence (each also logged as an alarm).
@@ -304,6 +308,8 @@ async fn tail_once(
                 Checked::Event(v) => {
                     views.keys.apply(&v);
                     views.trust.apply(&v);
+                    views.audit.apply(&v);
+                    views.tree.push_leaf(v.entry());
                     views.requests.insert(&v.event().request_id, v.seq());
                 }
                 Checked::Foreign(f) => {
