@@ -12,11 +12,22 @@
 //! * [`raw_ordered_replay`]: an ordered pull consumer reading the stream from the
 //!   start (the replay ceiling).
 //!
+//! * [`raw_request_throughput`] / [`raw_request_latency`] against a [`Responder`]: plain
+//!   request-reply, and request-reply where the responder first stores the request in a
+//!   JetStream stream and awaits its PubAck (the floor of a service operation that durably
+//!   records one message per request).
+//!
+//! The load drivers [`drive_concurrent`] and [`measure_latency`] are shared with the keyledger
+//! service measurements, so raw and service figures are taken the same way.
+//!
 //! The atomic batch baseline runs the ledger's own ADR-50 code
 //! ([`ledger::nats::batch::BatchPublisher`]) on pre-built messages, so the ratio isolates
 //! the cost of chaining, signing and verifying.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -37,6 +48,12 @@ pub const REPLAY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`create_stream_retrying`] keeps retrying (cluster start-up, elections).
 pub const STREAM_CREATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long one operation of [`drive_concurrent`] or [`measure_latency`] may take.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`wait_for_responder`] waits for a new subscription to be known to the server(s).
+pub const RESPONDER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // Rate
@@ -210,6 +227,62 @@ pub async fn raw_atomic_batch_publish(
     Ok(Rate::since(payloads.len() as u64, started))
 }
 
+/// One-message ADR-50 atomic batches (expected last sequence + msg-id, through the ledger's
+/// [`BatchPublisher`]) published one after another to `subject` of `stream` (created with
+/// `allow_atomic_publish: true`): `warmup` untimed, then `samples` timed. Each message is
+/// `payload` (ids differ). The latency of one commit is the floor of one chained append, so
+/// of every operation that waits for its event.
+pub async fn raw_atomic_single_latency(
+    client: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+    payload: Bytes,
+    warmup: usize,
+    samples: usize,
+) -> Result<Latency> {
+    let js = jetstream::new(client.clone());
+    let mut head = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("looking up stream {stream}"))?
+        .cached_info()
+        .state
+        .last_sequence;
+    let run = run_id();
+    let mut publisher = BatchPublisher::new(client.clone()).await?;
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..warmup + samples {
+        let msg = [OutMsg {
+            subject: subject.to_owned(),
+            msg_id: format!("{run}-{i}"),
+            payload: payload.clone(),
+        }];
+        let started = Instant::now();
+        match publisher
+            .publish(&msg, Some(head), BATCH_REPLY_TIMEOUT)
+            .await
+            .with_context(|| format!("single-message batch {i}"))?
+        {
+            BatchOutcome::Committed { last_seq } => {
+                ensure!(
+                    last_seq == head + 1,
+                    "batch {i} committed at {last_seq}, expected {}",
+                    head + 1
+                );
+                head = last_seq;
+            }
+            BatchOutcome::Refused {
+                err_code,
+                description,
+            } => bail!("single-message batch {i} refused: {err_code} {description}"),
+        }
+        if i >= warmup {
+            times.push(started.elapsed());
+        }
+    }
+    Ok(Latency::from_samples(times))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pipelined publish and ordered replay
 // ---------------------------------------------------------------------------------------------
@@ -289,6 +362,274 @@ pub async fn raw_ordered_replay(
     Ok(rate)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Load drivers and latency samples (shared with the service measurements)
+// ---------------------------------------------------------------------------------------------
+
+/// Latencies of one sequential client, sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Latency {
+    sorted: Vec<Duration>,
+}
+
+impl Latency {
+    /// Sorts `samples`.
+    pub fn from_samples(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        Self { sorted: samples }
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// The `p`-th percentile (0 < p <= 100), nearest rank; zero without samples.
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.sorted.len() as f64).ceil() as usize;
+        self.sorted[rank.clamp(1, self.sorted.len()) - 1]
+    }
+
+    pub fn p50(&self) -> Duration {
+        self.percentile(50.0)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.percentile(99.0)
+    }
+}
+
+/// Runs `total` operations on `concurrency` workers (tokio tasks): each worker claims the next
+/// operation number from a shared counter and awaits `op(worker, number)` until all are
+/// claimed. Each operation must finish within [`OP_TIMEOUT`]; the first error or timeout fails
+/// the measurement (the other workers are aborted). The clock runs from the first claim to the
+/// last completion.
+pub async fn drive_concurrent<F, Fut>(concurrency: usize, total: u64, op: F) -> Result<Rate>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    ensure!(concurrency >= 1, "concurrency must be at least 1");
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for worker in 0..concurrency {
+        let (op, next, done) = (op.clone(), next.clone(), done.clone());
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                tokio::time::timeout(OP_TIMEOUT, op(worker, i))
+                    .await
+                    .map_err(|_| {
+                        anyhow!("operation {i} (worker {worker}) took over {OP_TIMEOUT:?}")
+                    })?
+                    .with_context(|| format!("operation {i} (worker {worker})"))?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // Dropping the set on an early return aborts the remaining workers.
+    while let Some(joined) = workers.join_next().await {
+        joined.context("a load worker panicked")??;
+    }
+    let rate = Rate::since(done.load(Ordering::Relaxed), started);
+    ensure!(rate.events == total, "completed {} of {total}", rate.events);
+    Ok(rate)
+}
+
+/// One client, one operation at a time: `warmup` untimed calls of `op`, then `samples` timed
+/// ones. Each must finish within [`OP_TIMEOUT`].
+pub async fn measure_latency<F, Fut>(warmup: usize, samples: usize, mut op: F) -> Result<Latency>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..(warmup + samples) as u64 {
+        let started = Instant::now();
+        tokio::time::timeout(OP_TIMEOUT, op(i))
+            .await
+            .map_err(|_| anyhow!("sequential operation {i} took over {OP_TIMEOUT:?}"))?
+            .with_context(|| format!("sequential operation {i}"))?;
+        if i >= warmup as u64 {
+            times.push(started.elapsed());
+        }
+    }
+    Ok(Latency::from_samples(times))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request-reply
+// ---------------------------------------------------------------------------------------------
+
+/// A responder task on one subject; dropping it (or [`Responder::stop`]) ends the task and its
+/// subscription.
+pub struct Responder {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Responder {
+    /// Subscribes `client` to `subject` and answers every request with `reply`; an empty request
+    /// is a probe ([`wait_for_responder`]) and is answered at once, never stored. With `store =
+    /// Some((js, stream_subject))` each request's payload is first published to
+    /// `stream_subject` and the reply sent only once its PubAck arrived (requests are handled
+    /// concurrently, one task each, as a service would); a failed store is answered with an
+    /// empty payload, which [`raw_request_throughput`] and [`raw_request_latency`] report as an
+    /// error. Without a store the reply is sent inline, the cheapest possible responder.
+    /// Call [`wait_for_responder`] before sending requests from other connections.
+    pub async fn start(
+        client: async_nats::Client,
+        subject: &str,
+        reply: Bytes,
+        store: Option<(jetstream::Context, String)>,
+    ) -> Result<Self> {
+        let mut requests = client
+            .subscribe(Subject::from(subject))
+            .await
+            .with_context(|| format!("subscribing to {subject}"))?;
+        client.flush().await.context("flushing the subscription")?;
+        let task = tokio::spawn(async move {
+            let store = store.map(|(js, s)| (js, Subject::from(s)));
+            while let Some(request) = requests.next().await {
+                let Some(reply_to) = request.reply else {
+                    continue;
+                };
+                match &store {
+                    _ if request.payload.is_empty() => {
+                        let _ = client.publish(reply_to, reply.clone()).await;
+                    }
+                    None => {
+                        let _ = client.publish(reply_to, reply.clone()).await;
+                    }
+                    Some((js, stream_subject)) => {
+                        let (client, js, reply) = (client.clone(), js.clone(), reply.clone());
+                        let stream_subject = stream_subject.clone();
+                        tokio::spawn(async move {
+                            let stored = tokio::time::timeout(OP_TIMEOUT, async {
+                                js.publish(stream_subject, request.payload).await?.await?;
+                                Ok::<_, anyhow::Error>(())
+                            })
+                            .await;
+                            let body = match stored {
+                                Ok(Ok(())) => reply,
+                                _ => Bytes::new(),
+                            };
+                            let _ = client.publish(reply_to, body).await;
+                        });
+                    }
+                }
+            }
+        });
+        Ok(Self { task })
+    }
+
+    /// Ends the responder.
+    pub fn stop(self) {}
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until a probe (an empty request) to `subject` from each of `clients` is answered:
+/// a flush does not wait for the server to register a subscription, and in a cluster the
+/// interest must also reach the other nodes. Gives up after [`RESPONDER_READY_TIMEOUT`].
+pub async fn wait_for_responder(clients: &[async_nats::Client], subject: &str) -> Result<()> {
+    let deadline = Instant::now() + RESPONDER_READY_TIMEOUT;
+    for client in clients {
+        loop {
+            let probe = client.send_request(
+                subject.to_owned(),
+                async_nats::Request::new()
+                    .payload(Bytes::new())
+                    .timeout(Some(Duration::from_secs(1))),
+            );
+            match probe.await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(subject, error = %e, "responder not reachable yet");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("no responder on {subject} after {RESPONDER_READY_TIMEOUT:?}")
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn one_request(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: Bytes,
+    reply_size: usize,
+) -> Result<()> {
+    let reply = client.request(subject.to_owned(), payload).await?;
+    ensure!(
+        reply.payload.len() == reply_size,
+        "reply of {} bytes, expected {reply_size} (the responder could not store the request?)",
+        reply.payload.len()
+    );
+    Ok(())
+}
+
+/// `total` requests of `payload` to `subject` from `concurrency` requesters sharing
+/// `clients` round-robin (requester `w` uses connection `w % clients.len()`); every reply must
+/// be `reply_size` bytes.
+pub async fn raw_request_throughput(
+    clients: &[async_nats::Client],
+    subject: &str,
+    payload: Bytes,
+    reply_size: usize,
+    concurrency: usize,
+    total: u64,
+) -> Result<Rate> {
+    ensure!(!clients.is_empty(), "no connections");
+    let clients: Arc<[async_nats::Client]> = clients.into();
+    let subject: Arc<str> = subject.into();
+    drive_concurrent(concurrency, total, move |worker, _| {
+        let (clients, subject, payload) = (clients.clone(), subject.clone(), payload.clone());
+        async move {
+            one_request(
+                &clients[worker % clients.len()],
+                &subject,
+                payload,
+                reply_size,
+            )
+            .await
+        }
+    })
+    .await
+}
+
+/// One requester, sequential requests: `warmup` untimed, then `samples` timed.
+pub async fn raw_request_latency(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: Bytes,
+    reply_size: usize,
+    warmup: usize,
+    samples: usize,
+) -> Result<Latency> {
+    measure_latency(warmup, samples, |_| {
+        one_request(client, subject, payload.clone(), reply_size)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +640,21 @@ mod tests {
         assert!(p.iter().all(|b| b.len() == 300));
         assert_ne!(p[0], p[1]);
         assert_eq!(make_payloads(1, 4)[0].len(), 4);
+    }
+
+    #[test]
+    fn latency_percentiles_nearest_rank() {
+        let l = Latency::from_samples((1..=100).rev().map(Duration::from_micros).collect());
+        assert_eq!(l.count(), 100);
+        assert_eq!(l.p50(), Duration::from_micros(50));
+        assert_eq!(l.p99(), Duration::from_micros(99));
+        assert_eq!(l.percentile(100.0), Duration::from_micros(100));
+        let one = Latency::from_samples(vec![Duration::from_micros(7)]);
+        assert_eq!(
+            (one.p50(), one.p99()),
+            (Duration::from_micros(7), Duration::from_micros(7))
+        );
+        assert_eq!(Latency::from_samples(vec![]).p99(), Duration::ZERO);
     }
 
     #[test]

@@ -7,3 +7,4 @@ pub mod baseline;
 pub mod fixture;
 pub mod harness;
 pub mod report;
+pub mod servicebench;

@@ -1,26 +1,41 @@
 //! Benchmark harness: starts its own nats-server (or a 3-node cluster), runs the
-//! raw NATS reference measurements and prints one table.
+//! raw NATS reference measurements and the ledger's and service's own, and prints two tables:
+//! append/replay (events/s) and service (ops/s, p50/p99 latency).
 //!
 //! ```text
 //! cargo run --release -p keyledger-tests --bin bench -- [--events N] [--payload BYTES]
 //!     [--batch N] [--window N] [--cluster]
+//!     [--service | --service-only] [--service-ops N] [--clients N] [--connections N] [--write-ops N]
+//!     [--latency-ops N]
 //! ```
+//!
+//! The default run is the append/replay part; `--service` adds the service part and
+//! `--service-only` runs it alone. (The service part is not in the default run because at default
+//! sizes it currently takes minutes: every operation waits for a one-event atomic batch commit.)
+//! The service part (DESIGN.md §8, "Service") measures, on the same server and in this process:
+//! raw request-reply; raw request-reply where the responder first stores the request in a
+//! file stream and awaits the PubAck (the floor of a durably recorded operation); keyledger
+//! `encrypt` through one service replica; keyledger grant/revoke (writes, never coalesced).
+//! Throughput uses `--clients` concurrent callers sharing `min(--clients, --connections)`
+//! connections round-robin; latency uses one sequential caller.
 //!
 //! Every measurement gets its own fresh stream. To add one (e.g. the ledger's
 //! signed chained append), write an `async fn measure_x(ctx: &BenchCtx) ->
-//! Result<Rate>` and add one `table.push(..)` line in [`run`].
+//! Result<Rate>` and add one `table.push(..)` line in [`run_append`]; service-style
+//! measurements (throughput + latency) go in [`measure_service`].
 
 use std::time::Instant;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use async_nats::jetstream;
 use bytes::Bytes;
 use clap::Parser;
 use keyledger_tests::baseline::{
-    self, bench_stream_config, create_stream_retrying, make_payloads, Rate,
+    self, bench_stream_config, create_stream_retrying, make_payloads, Latency, Rate, Responder,
 };
 use keyledger_tests::harness::{NatsCluster, NatsServer};
-use keyledger_tests::report::{print_table, Row};
+use keyledger_tests::report::{print_service_table, print_table, Row, ServiceRow};
+use keyledger_tests::servicebench::{ServiceBench, PLAINTEXT_LEN};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -44,6 +59,29 @@ struct Args {
     /// Run against a 3-node loopback cluster with R3 streams instead of one node.
     #[arg(long)]
     cluster: bool,
+    /// Also run the service part (request-reply baselines, keyledger encrypt and grant/revoke).
+    #[arg(long)]
+    service: bool,
+    /// Run only the service part.
+    #[arg(long, conflicts_with = "service")]
+    service_only: bool,
+    /// Operations per service throughput measurement (raw request-reply baselines and
+    /// keyledger encrypt).
+    #[arg(long, default_value_t = 50_000)]
+    service_ops: u64,
+    /// Concurrent callers of the service throughput measurements.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Client connections the callers share round-robin (at most `--clients`).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Grant/revoke operations of the keyledger write measurement (default: a fifth of
+    /// `--service-ops`); 0 skips it.
+    #[arg(long)]
+    write_ops: Option<u64>,
+    /// Sequential operations per latency measurement (after a warm-up of 200).
+    #[arg(long, default_value_t = 2_000)]
+    latency_ops: usize,
 }
 
 /// The servers under test; dropping it kills them.
@@ -86,6 +124,8 @@ impl Servers {
 /// Everything a measurement needs.
 struct BenchCtx {
     args: Args,
+    /// The server URLs, comma-separated.
+    url: String,
     client: async_nats::Client,
     js: jetstream::Context,
     replicas: usize,
@@ -285,6 +325,253 @@ async fn measure_ledger_verify_in_memory(bl: &BenchLedger) -> Result<Rate> {
     Ok(Rate::since(verified, started))
 }
 
+// --- service --------------------------------------------------------------------------------
+
+/// Request and reply size of the raw request-reply baselines.
+const RR_PAYLOAD: usize = 100;
+
+/// Untimed sequential calls before each latency measurement.
+const LATENCY_WARMUP: usize = 200;
+
+/// Subject of the plain responder, and of the storing responder and its stream.
+const RR_PLAIN_SUBJECT: &str = "bench.rr.plain";
+const RR_STORED_SUBJECT: &str = "bench.rr.stored";
+const RR_STREAM: &str = "BENCH_RR_STORE";
+const RR_STREAM_SUBJECT: &str = "bench.rr.store";
+const ATOMIC1_STREAM: &str = "BENCH_ATOMIC_SINGLE";
+const ATOMIC1_SUBJECT: &str = "bench.atomic.single";
+
+/// The service part's rows and notes.
+struct ServiceResults {
+    rows: Vec<ServiceRow>,
+    notes: Vec<String>,
+}
+
+fn service_row(name: String, rate: Rate, latency: &Latency) -> ServiceRow {
+    eprintln!(
+        "  {name}: {} ops in {:.3} s = {:.0}/s; p50 {} us, p99 {} us ({} sequential)",
+        rate.events,
+        rate.elapsed.as_secs_f64(),
+        rate.per_sec(),
+        latency.p50().as_micros(),
+        latency.p99().as_micros(),
+        latency.count()
+    );
+    ServiceRow::new(name, rate, latency)
+}
+
+/// Raw request-reply against `responder` (already started on `subject`): throughput of
+/// `--clients` requesters over `requesters` (after one untimed request each), then latency of
+/// one.
+async fn measure_request_reply(
+    ctx: &BenchCtx,
+    requesters: &[async_nats::Client],
+    subject: &str,
+) -> Result<(Rate, Latency)> {
+    let payload = Bytes::from(vec![b'q'; RR_PAYLOAD]);
+    let clients = ctx.args.clients;
+    baseline::raw_request_throughput(
+        requesters,
+        subject,
+        payload.clone(),
+        RR_PAYLOAD,
+        clients,
+        clients as u64,
+    )
+    .await
+    .context("request-reply warm-up")?;
+    let rate = baseline::raw_request_throughput(
+        requesters,
+        subject,
+        payload.clone(),
+        RR_PAYLOAD,
+        clients,
+        ctx.args.service_ops,
+    )
+    .await?;
+    let latency = baseline::raw_request_latency(
+        &requesters[0],
+        subject,
+        payload,
+        RR_PAYLOAD,
+        LATENCY_WARMUP,
+        ctx.args.latency_ops,
+    )
+    .await?;
+    Ok((rate, latency))
+}
+
+/// The service part: the two request-reply baselines, then keyledger on the same server.
+async fn measure_service(ctx: &BenchCtx) -> Result<ServiceResults> {
+    let args = &ctx.args;
+    let connections = args.clients.min(args.connections);
+    let url = ctx.url.as_str();
+    let mut requesters = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        requesters.push(keyledger_tests::fixture::connect(url).await?);
+    }
+    let responder_conn = keyledger_tests::fixture::connect(url).await?;
+    let reply = Bytes::from(vec![b'r'; RR_PAYLOAD]);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    // (a) Plain request-reply: the responder answers inline.
+    let responder = Responder::start(
+        responder_conn.clone(),
+        RR_PLAIN_SUBJECT,
+        reply.clone(),
+        None,
+    )
+    .await?;
+    baseline::wait_for_responder(&requesters, RR_PLAIN_SUBJECT).await?;
+    let (rate, latency) = measure_request_reply(ctx, &requesters, RR_PLAIN_SUBJECT)
+        .await
+        .context("raw request-reply")?;
+    responder.stop();
+    rows.push(service_row(
+        format!("raw request-reply ({RR_PAYLOAD} B each way)"),
+        rate,
+        &latency,
+    ));
+
+    // (b) The responder stores each request (file stream, R1/R3) and awaits the PubAck first.
+    ctx.fresh_stream(RR_STREAM, RR_STREAM_SUBJECT, false)
+        .await?;
+    let responder = Responder::start(
+        responder_conn.clone(),
+        RR_STORED_SUBJECT,
+        reply,
+        Some((
+            jetstream::new(responder_conn.clone()),
+            RR_STREAM_SUBJECT.to_owned(),
+        )),
+    )
+    .await?;
+    baseline::wait_for_responder(&requesters, RR_STORED_SUBJECT).await?;
+    let (rate, latency) = measure_request_reply(ctx, &requesters, RR_STORED_SUBJECT)
+        .await
+        .context("raw request-reply + publish ack")?;
+    responder.stop();
+    let stored = ctx
+        .js
+        .get_stream(RR_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    let requests =
+        args.clients as u64 + args.service_ops + (LATENCY_WARMUP + args.latency_ops) as u64;
+    ensure!(
+        stored == requests,
+        "the storing responder stored {stored} of {requests} requests"
+    );
+    let floor = service_row(
+        format!("raw request-reply + publish ack (file, R{})", ctx.replicas),
+        rate,
+        &latency,
+    );
+    rows.push(floor.clone());
+
+    // Context: one sequential one-message atomic batch commit (the ledger's append unit).
+    ctx.fresh_stream(ATOMIC1_STREAM, ATOMIC1_SUBJECT, true)
+        .await?;
+    // Few samples: this is context, and each may take tens of milliseconds.
+    let event = ctx.payloads[0].clone();
+    let size = event.len();
+    let atomic = baseline::raw_atomic_single_latency(
+        &ctx.client,
+        ATOMIC1_STREAM,
+        ATOMIC1_SUBJECT,
+        event,
+        20,
+        args.latency_ops.min(300),
+    )
+    .await
+    .context("one-message atomic batch latency")?;
+    let note = format!(
+        "context: one-message atomic batch commit ({size} B, expected seq + msg-id), \
+         {} sequential: p50 {} us, p99 {} us",
+        atomic.count(),
+        atomic.p50().as_micros(),
+        atomic.p99().as_micros()
+    );
+    eprintln!("  {note}");
+    notes.push(note);
+
+    // (c) keyledger: a fresh ledger and one replica, set up untimed.
+    let bench = ServiceBench::start(
+        url,
+        ctx.replicas,
+        api::service::ServiceConfig::default(),
+        connections,
+        args.clients,
+    )
+    .await
+    .context("setting up the service benchmark")?;
+    let measured = async {
+        let rate = bench
+            .encrypt_throughput(args.clients, args.service_ops)
+            .await
+            .context("keyledger encrypt throughput")?;
+        let latency = bench
+            .encrypt_latency(LATENCY_WARMUP, args.latency_ops)
+            .await
+            .context("keyledger encrypt latency")?;
+        let encrypt = service_row(
+            format!("keyledger encrypt ({PLAINTEXT_LEN} B plaintext)"),
+            rate,
+            &latency,
+        )
+        .against(&floor);
+        notes.push(targets(&encrypt));
+        rows.push(encrypt);
+        let write_ops = args.write_ops.unwrap_or(args.service_ops / 5);
+        if write_ops > 0 {
+            let rate = bench
+                .write_throughput(args.clients, write_ops)
+                .await
+                .context("keyledger grant/revoke throughput")?;
+            let latency = bench
+                .write_latency(LATENCY_WARMUP, args.latency_ops)
+                .await
+                .context("keyledger grant/revoke latency")?;
+            rows.push(
+                service_row(
+                    "keyledger grant/revoke (one event each)".to_owned(),
+                    rate,
+                    &latency,
+                )
+                .against(&floor),
+            );
+        }
+        let summary = bench.check_recorded().await?;
+        eprintln!("  {summary}");
+        notes.push(summary);
+        anyhow::Ok(())
+    }
+    .await;
+    // Stop the replica whatever happened; a measurement error is the one to report.
+    let stopped = bench.stop().await;
+    measured?;
+    stopped?;
+    Ok(ServiceResults { rows, notes })
+}
+
+/// DESIGN.md §8 targets for the encrypt row.
+fn targets(encrypt: &ServiceRow) -> String {
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let ops = encrypt.rate.per_sec();
+    let p50 = encrypt.p50_ratio();
+    format!(
+        "DESIGN.md §8 targets: encrypt >= 20000 ops/s on 2 cores: {ops:.0} ({}); \
+         p50 <= 2x raw request-reply + publish ack: {} ({})",
+        verdict(ops >= 20_000.0),
+        p50.map_or("-".to_owned(), |r| format!("{r:.2}x")),
+        verdict(p50.is_some_and(|r| r <= 2.0))
+    )
+}
+
 // --- driver ---------------------------------------------------------------------------------
 
 /// Collects rows; baselines are referred to by the name of an earlier row.
@@ -315,7 +602,28 @@ impl Table {
     }
 }
 
-async fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
+/// Both parts' results (the append part is empty with `--service`).
+struct Results {
+    rows: Vec<Row>,
+    service: Option<ServiceResults>,
+}
+
+async fn run(ctx: &BenchCtx) -> Result<Results> {
+    let rows = if ctx.args.service_only {
+        Vec::new()
+    } else {
+        run_append(ctx).await?
+    };
+    let service = if ctx.args.service || ctx.args.service_only {
+        eprintln!("service:");
+        Some(measure_service(ctx).await?)
+    } else {
+        None
+    };
+    Ok(Results { rows, service })
+}
+
+async fn run_append(ctx: &BenchCtx) -> Result<Vec<Row>> {
     let pipelined = format!("raw pipelined publish (window {})", ctx.args.window);
     let atomic = format!(
         "raw atomic batch publish (batch {}, expected seq + msg-id)",
@@ -351,9 +659,23 @@ async fn run(ctx: &BenchCtx) -> Result<Vec<Row>> {
 }
 
 fn main() -> Result<()> {
+    // Warnings (e.g. the appender retrying) go to stderr; RUST_LOG overrides.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let args = Args::parse();
     if args.events == 0 {
         bail!("--events must be positive");
+    }
+    if args.service_ops == 0 || args.clients == 0 || args.connections == 0 {
+        bail!("--service-ops, --clients and --connections must be positive");
+    }
+    if args.latency_ops == 0 {
+        bail!("--latency-ops must be positive");
     }
     let payload = args.payload.unwrap_or_else(bench_entry_size);
     let started = Instant::now();
@@ -375,12 +697,25 @@ fn main() -> Result<()> {
         payload,
         servers.describe()
     );
-    let rows = runtime.block_on(async {
+    let service_title = format!(
+        "keyledger service: {} ops, {} concurrent clients over {} connections (round-robin), \
+         1 service replica in this process, {} cores; latency: 1 client, {} sequential after {} \
+         warm-up; {}",
+        args.service_ops,
+        args.clients,
+        args.clients.min(args.connections),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.latency_ops,
+        LATENCY_WARMUP,
+        servers.describe()
+    );
+    let results = runtime.block_on(async {
         let client = async_nats::ConnectOptions::new()
             .connect(servers.urls())
             .await
             .context("connecting to nats-server")?;
         let ctx = BenchCtx {
+            url: servers.urls().join(","),
             js: jetstream::new(client.clone()),
             client,
             replicas: servers.replicas(),
@@ -395,8 +730,17 @@ fn main() -> Result<()> {
     })?;
     drop(runtime);
     drop(servers);
-    println!();
-    print_table(&title, &rows);
+    if !results.rows.is_empty() {
+        println!();
+        print_table(&title, &results.rows);
+    }
+    if let Some(service) = &results.service {
+        println!();
+        print_service_table(&service_title, &service.rows);
+        for note in &service.notes {
+            println!("{note}");
+        }
+    }
     eprintln!("total wall time {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
