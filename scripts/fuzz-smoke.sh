@@ -8,9 +8,13 @@
 #   which RUSTC_BOOTSTRAP=1 unlocks; set FUZZ_TOOLCHAIN=nightly to use `cargo +nightly` instead.
 # - First replays the saved inputs in fuzz/regressions/<target>/ (inputs that crashed before),
 #   then fuzzes from fuzz/corpus/<target>/ (local, ignored by git) seeded with fuzz/seeds/
-#   (the golden-vector entries).
-# - The first build compiles the ledger crate and its dependencies with AddressSanitizer into
-#   fuzz/target: about 10 minutes on 2 cores; later runs reuse it.
+#   (the golden-vector entries), with the libFuzzer dictionary fuzz/fuzz_targets/<target>.dict
+#   when there is one.
+# - Targets: every one `cargo fuzz list` names (fuzz/Cargo.toml): verify_entry and
+#   foreign_then_genuine (ledger entry verification), decode_request (api request decoding)
+#   and verify_token (projector bearer tokens).
+# - The first build compiles the ledger, projector and api crates and their dependencies with
+#   AddressSanitizer into fuzz/target: about 15 minutes on 2 cores; later runs reuse it.
 #
 # Exit status: 0 when no target crashed; 1 when one or more crashed (crash inputs are in
 # fuzz/artifacts/<target>/); 2 when cargo-fuzz could not be installed or a target not built.
@@ -64,8 +68,12 @@ for t in $targets; do
         fi
     fi
     mkdir -p "corpus/$t"
+    dict=()
+    if [ -f "fuzz_targets/$t.dict" ]; then
+        dict=("-dict=fuzz_targets/$t.dict")
+    fi
     echo "fuzz-smoke: fuzzing $t for ${seconds}s"
-    if ! "${cargo_fuzz[@]}" run "$t" "corpus/$t" seeds -- -max_total_time="$seconds"; then
+    if ! "${cargo_fuzz[@]}" run "$t" "corpus/$t" seeds -- -max_total_time="$seconds" ${dict[@]+"${dict[@]}"}; then
         echo "fuzz-smoke: $t CRASHED; the input is in fuzz/artifacts/$t/" >&2
         crashed+=("$t")
     fi

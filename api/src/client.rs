@@ -349,6 +349,29 @@ impl Client {
         Ok(r.valid)
     }
 
+    /// `audit-key`: one page of a key's history (recorded as a `describe` use of the key).
+    pub async fn audit_key(&self, args: &AuditKeyArgs) -> Result<AuditPage, ClientError> {
+        self.simple("audit-key", args).await
+    }
+
+    /// `audit-principal`: one page of a principal's activity in the caller's tenant.
+    pub async fn audit_principal(
+        &self,
+        args: &AuditPrincipalArgs,
+    ) -> Result<AuditPage, ClientError> {
+        self.simple("audit-principal", args).await
+    }
+
+    /// `audit-platform`: one page of what was done from an attested platform.
+    pub async fn audit_platform(&self, args: &AuditPlatformArgs) -> Result<AuditPage, ClientError> {
+        self.simple("audit-platform", args).await
+    }
+
+    /// `audit-refusals`: one page of the caller's tenant's refused requests.
+    pub async fn audit_refusals(&self, args: &AuditRefusalsArgs) -> Result<AuditPage, ClientError> {
+        self.simple("audit-refusals", args).await
+    }
+
     pub async fn random(&self, bytes: usize) -> Result<Vec<u8>, ClientError> {
         let r: RandomResult = self.simple("random", &RandomArgs { bytes }).await?;
         Ok(r.random.0.clone())

@@ -93,6 +93,23 @@ enum Cmd {
     /// Key operations through the service (token: --token or KEYLEDGER_TOKEN). Service errors
     /// exit 1, usage and infrastructure problems 2.
     Key(cli::key::KeyCommand),
+    /// Compliance report for a time range (HTML with charts, JSON or CSV), from a full replay
+    /// and verification of the stream; exits 1 when the chain does not verify cleanly.
+    Report(cli::report::ReportArgs),
+    /// Audit views through the service: a key's history, a principal's or a platform's
+    /// activity, refusals (token: --token or KEYLEDGER_TOKEN).
+    Activity(cli::audit_views::ActivityCommand),
+    /// Audit: verify the log against its signed checkpoints (from the stream or an offline
+    /// bundle), inclusion and consistency proofs, export bundles.
+    Audit {
+        #[command(subcommand)]
+        cmd: cli::audit::AuditCmd,
+    },
+    /// A witness: cosigns checkpoints it checked against the log; refuses rollbacks and forks.
+    Witness {
+        #[command(subcommand)]
+        cmd: cli::audit::WitnessCmd,
+    },
 }
 
 #[derive(Args)]
@@ -185,6 +202,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Platform { cmd } => cli::admin::platform(&cli, cmd).await,
         Cmd::Token { cmd } => cli::tokens::token(&cli, cmd),
         Cmd::Key(k) => cli::key::key(&cli, k).await,
+        Cmd::Report(a) => cli::report::report(&cli, a).await,
+        Cmd::Audit { cmd } => cli::audit::audit_cmd(&cli, cmd).await,
+        Cmd::Witness { cmd } => cli::audit::witness_cmd(&cli, cmd).await,
+        Cmd::Activity(a) => cli::audit_views::activity(&cli, a).await,
     }
 }
 

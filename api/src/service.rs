@@ -44,6 +44,7 @@ use ledger::sign::{now_ms, Draft};
 use ledger::transport::{seal_to, TransportContext};
 use ledger::{Bytes32, KeyId, RequestId, TenantId};
 use projector::attest::{AttestError, NonceIssuer, NONCE_TTL_MS};
+use projector::audit::{AuditIndex, AuditQuery, AuditRecord};
 use projector::live::{FollowError, Follower};
 use projector::policy::{decide, Allowed, Cause, Decision, Inputs, Refusal, Request, Role};
 use projector::refusals::RefusalLog;
@@ -478,6 +479,53 @@ fn labels(map: &std::collections::BTreeMap<String, String>) -> Result<Vec<Label>
         .collect()
 }
 
+/// The selection of an audit view (its tenant is set once the caller is known).
+fn audit_query(
+    from_ms: Option<u64>,
+    to_ms: Option<u64>,
+    after: Option<&str>,
+    limit: Option<usize>,
+) -> Result<AuditQuery, WireError> {
+    let limit = limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if limit == 0 || limit > MAX_AUDIT_LIMIT {
+        return Err(WireError::invalid(format!(
+            "limit must be 1-{MAX_AUDIT_LIMIT}"
+        )));
+    }
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if t <= f {
+            return Err(WireError::invalid("to_ms must be after from_ms"));
+        }
+    }
+    Ok(AuditQuery {
+        from_ms,
+        to_ms,
+        after: after.map(parse_audit_cursor).transpose()?,
+        limit: Some(limit),
+        tenant: None,
+    })
+}
+
+fn audit_record(r: &AuditRecord) -> AuditRecordWire {
+    AuditRecordWire {
+        seq: r.seq,
+        sub: r.sub,
+        time_ms: r.time_ms,
+        event: r.event.to_owned(),
+        operation: r.operation,
+        principal: r.principal.clone(),
+        tenant: r.tenant.clone(),
+        token_id: r.token_id.clone(),
+        key: r.key.as_ref().map(|k| k.to_string()),
+        version: r.version,
+        platform: r.platform.clone(),
+        refusal_code: r.refusal.as_ref().map(|(c, _)| c.clone()),
+        refusal_count: r.refusal.as_ref().map(|(_, n)| *n),
+        request_id: r.request_id.clone(),
+        detail: r.detail.clone(),
+    }
+}
+
 impl Inner {
     async fn dispatch(&self, op: &str, enc: Encoding, body: &[u8]) -> Out {
         match op {
@@ -583,6 +631,22 @@ impl Inner {
             "random" => {
                 let (c, a) = decode(enc, body)?;
                 self.random(c, a).await
+            }
+            "audit-key" => {
+                let (c, a) = decode(enc, body)?;
+                self.audit_key(c, a).await
+            }
+            "audit-principal" => {
+                let (c, a) = decode(enc, body)?;
+                self.audit_principal(c, a).await
+            }
+            "audit-platform" => {
+                let (c, a) = decode(enc, body)?;
+                self.audit_platform(c, a).await
+            }
+            "audit-refusals" => {
+                let (c, a) = decode(enc, body)?;
+                self.audit_refusals(c, a).await
             }
             other => Err(WireError::invalid(format!("unknown operation {other}"))),
         }
@@ -1986,6 +2050,136 @@ impl Inner {
             })
             .await?;
         out(r, seq)
+    }
+
+    // ---- audit views ----------------------------------------------------------------------
+
+    /// The history of one key, for whoever may describe it; recorded as a `describe` use.
+    async fn audit_key(&self, c: Common, a: AuditKeyArgs) -> Out {
+        let key = key_id(&a.key)?;
+        let q = audit_query(a.from_ms, a.to_ms, a.after.as_deref(), a.limit)?;
+        let auth = self.authorize(&c, Operation::Describe, Some(&key)).await?;
+        let view = self.view(&key, auth.tenant())?;
+        let q = AuditQuery {
+            tenant: Some(auth.tenant().to_string()),
+            ..q
+        };
+        // The page as of the read barrier; the use it records comes after it.
+        let (page, _) = self.audit_page(&q, |ix, q| ix.key_history(&key, q));
+        let version = view.latest_version().map_or(0, |v| v.version);
+        let seq = self
+            .record_use(&auth, &view, version, Operation::Describe)
+            .await?;
+        out(page, seq)
+    }
+
+    async fn audit_principal(&self, c: Common, a: AuditPrincipalArgs) -> Out {
+        check_name("principal", &a.principal, 256)?;
+        let q = audit_query(a.from_ms, a.to_ms, a.after.as_deref(), a.limit)?;
+        let principal = a.principal;
+        self.audit_tenant_wide(&c, "audit-principal", q, |ix, q| {
+            ix.principal_activity(&principal, q)
+        })
+        .await
+    }
+
+    async fn audit_platform(&self, c: Common, a: AuditPlatformArgs) -> Out {
+        check_name("platform", &a.platform, 128)?;
+        let q = audit_query(a.from_ms, a.to_ms, a.after.as_deref(), a.limit)?;
+        let platform = a.platform;
+        self.audit_tenant_wide(&c, "audit-platform", q, |ix, q| {
+            ix.platform_activity(&platform, q)
+        })
+        .await
+    }
+
+    async fn audit_refusals(&self, c: Common, a: AuditRefusalsArgs) -> Out {
+        let q = audit_query(a.from_ms, a.to_ms, a.after.as_deref(), a.limit)?;
+        self.audit_tenant_wide(&c, "audit-refusals", q, |ix, q| ix.refusals(q))
+            .await
+    }
+
+    /// A tenant-wide view: authorized as `list`, then restricted to the roles `tenant-admin`
+    /// and `auditor` (anyone else is refused `forbidden`, recorded like every refusal). Reaches
+    /// no key, so it records no event.
+    async fn audit_tenant_wide(
+        &self,
+        c: &Common,
+        what: &str,
+        q: AuditQuery,
+        select: impl for<'a> Fn(&'a AuditIndex, &AuditQuery) -> Vec<&'a AuditRecord>,
+    ) -> Out {
+        let auth = self.authorize(c, Operation::List, None).await?;
+        let may_audit = auth
+            .allowed
+            .claims
+            .roles
+            .iter()
+            .any(|r| matches!(r.parse::<Role>(), Ok(Role::TenantAdmin) | Ok(Role::Auditor)));
+        if !may_audit {
+            let e = WireError::refused(
+                "forbidden",
+                true,
+                format!("{what} needs the role tenant-admin or auditor"),
+            );
+            let drafts = self
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_code(
+                    e.code,
+                    &e.message,
+                    auth.allowed.actor(),
+                    Operation::List,
+                    None,
+                    auth.allowed.context(),
+                    &RequestId::random(),
+                    now_ms(),
+                );
+            if !drafts.is_empty() {
+                if let Err(err) = self.ops.appender().append_all(drafts).await {
+                    tracing::error!(error = %err, "could not record a refusal");
+                }
+            }
+            return Err(e);
+        }
+        let q = AuditQuery {
+            tenant: Some(auth.tenant().to_string()),
+            ..q
+        };
+        let (page, seq) = self.audit_page(&q, select);
+        out(page, seq)
+    }
+
+    /// One page of an audit view, and the last sequence folded. `next` is set only when a
+    /// record follows the page's last one under the same selection.
+    fn audit_page(
+        &self,
+        q: &AuditQuery,
+        select: impl for<'a> Fn(&'a AuditIndex, &AuditQuery) -> Vec<&'a AuditRecord>,
+    ) -> (AuditPage, u64) {
+        let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+        self.follower.read(|v| {
+            let records = select(&v.audit, q);
+            let more = match records.last() {
+                Some(last) if records.len() >= limit => {
+                    let probe = AuditQuery {
+                        after: Some((last.seq, last.sub)),
+                        limit: Some(1),
+                        ..q.clone()
+                    };
+                    !select(&v.audit, &probe).is_empty()
+                }
+                _ => false,
+            };
+            let next = if more {
+                records.last().map(|r| audit_cursor(r.seq, r.sub))
+            } else {
+                None
+            };
+            let records = records.into_iter().map(audit_record).collect();
+            (AuditPage { records, next }, v.last_seq)
+        })
     }
 
     async fn random(&self, c: Common, a: RandomArgs) -> Out {

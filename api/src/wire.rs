@@ -37,6 +37,10 @@ pub const ERROR_CODE_HEADER: &str = "Keyledger-Error";
 pub const MAX_RANDOM_BYTES: usize = 1024;
 /// Largest page of `list`.
 pub const MAX_LIST_LIMIT: usize = 1000;
+/// Largest page of the audit views (`audit-*`).
+pub const MAX_AUDIT_LIMIT: usize = 1000;
+/// Default page of the audit views.
+pub const DEFAULT_AUDIT_LIMIT: usize = 100;
 
 /// The service's operations: subject suffixes, in documentation order.
 pub const OPERATIONS: &[&str] = &[
@@ -66,6 +70,10 @@ pub const OPERATIONS: &[&str] = &[
     "mac",
     "verify-mac",
     "random",
+    "audit-key",
+    "audit-principal",
+    "audit-platform",
+    "audit-refusals",
 ];
 
 /// The subject prefix of one ledger's service.
@@ -109,12 +117,23 @@ impl Encoding {
                     format!("body is not valid JSON: {e}"),
                 )
             }),
-            Encoding::MsgPack => rmp_serde::from_slice(body).map_err(|e| {
-                WireError::new(
-                    ErrorCode::MalformedRequest,
-                    format!("body is not valid MessagePack: {e}"),
-                )
-            }),
+            Encoding::MsgPack => {
+                let mut cursor = std::io::Cursor::new(body);
+                let v: serde_json::Value = rmp_serde::from_read(&mut cursor).map_err(|e| {
+                    WireError::new(
+                        ErrorCode::MalformedRequest,
+                        format!("body is not valid MessagePack: {e}"),
+                    )
+                })?;
+                // Like JSON, one value and nothing after it.
+                if cursor.position() != body.len() as u64 {
+                    return Err(WireError::new(
+                        ErrorCode::MalformedRequest,
+                        "trailing bytes after the MessagePack body",
+                    ));
+                }
+                Ok(v)
+            }
         }
     }
 }
@@ -613,6 +632,96 @@ pub struct RandomArgs {
     pub bytes: usize,
 }
 
+// ---- audit views ----------------------------------------------------------------------------
+//
+// The four `audit-*` operations share the selection fields `from_ms`, `to_ms` (records with
+// `from_ms <= time_ms < to_ms`), `after` (a page's `next`: `"<seq>.<sub>"`) and `limit`.
+
+/// `audit-key`: the history of one key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditKeyArgs {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    /// The `next` of the previous page (`"<seq>.<sub>"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Page size (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `audit-principal`: the activity of one principal (a token's `sub`) in the caller's tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPrincipalArgs {
+    pub principal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `audit-platform`: what was done from one attested platform, in the caller's tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPlatformArgs {
+    pub platform: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `audit-refusals`: the caller's tenant's refused requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRefusalsArgs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// Formats an audit cursor `"<seq>.<sub>"`.
+pub fn audit_cursor(seq: u64, sub: u32) -> String {
+    format!("{seq}.{sub}")
+}
+
+/// Parses an audit cursor `"<seq>.<sub>"` (decimal, no sign, no leading zeros but `0`).
+pub fn parse_audit_cursor(s: &str) -> Result<(u64, u32), WireError> {
+    let bad = || WireError::invalid("after must be of the form <seq>.<sub>, as in a page's next");
+    let (seq, sub) = s.split_once('.').ok_or_else(bad)?;
+    let num = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 20
+            && x.bytes().all(|c| c.is_ascii_digit())
+            && (x == "0" || !x.starts_with('0'))
+    };
+    if !num(seq) || !num(sub) {
+        return Err(bad());
+    }
+    Ok((
+        seq.parse().map_err(|_| bad())?,
+        sub.parse().map_err(|_| bad())?,
+    ))
+}
+
 // ---- results --------------------------------------------------------------------------------
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -756,6 +865,55 @@ pub struct RandomResult {
     pub random: B64,
 }
 
+/// One audit record: a fact of the ledger, traceable to the event at stream sequence `seq`.
+/// An event gives one record, except `KeysUsed`, which gives one per itemised use (`sub` is
+/// the use's index; 0 otherwise).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecordWire {
+    /// Stream sequence of the event.
+    pub seq: u64,
+    /// Position within the event (`(seq, sub)` orders and identifies records).
+    pub sub: u32,
+    /// The event's time, ms since the epoch.
+    pub time_ms: u64,
+    /// The event type (`KeyCreated`, `KeysUsed`, `RequestRefused`, `PlatformAttested`, ...).
+    pub event: String,
+    /// The operation: of a use or refusal, or the one that made a lifecycle event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    pub principal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The attested platform the request came from, if it presented a quote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Refusals: the stable code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_code: Option<String>,
+    /// Refusals: how many refused requests the record stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_count: Option<u32>,
+    /// The ledger request id (of the use, for itemised uses).
+    pub request_id: String,
+    /// A short human description.
+    pub detail: String,
+}
+
+/// Result of the `audit-*` operations: records in ledger order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecordWire>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// Result of state changes (rotate, activate, schedule-destroy, destroy, ...): the key as it is
 /// after the change.
 pub type KeyResult = KeyDescription;
@@ -841,6 +999,15 @@ mod tests {
     }
 
     #[test]
+    fn msgpack_trailing_bytes_are_refused() {
+        let mut body = rmp_serde::to_vec_named(&serde_json::json!({"key": "k"})).unwrap();
+        assert!(decode_request::<KeyArgs>(Encoding::MsgPack, &body).is_ok());
+        body.push(0xc0);
+        let e = decode_request::<KeyArgs>(Encoding::MsgPack, &body).unwrap_err();
+        assert!(e.is(ErrorCode::MalformedRequest), "{e:?}");
+    }
+
+    #[test]
     fn msgpack_and_json_share_one_schema() {
         let common = Common {
             token: Some("t".into()),
@@ -856,6 +1023,28 @@ mod tests {
             let body = encode_request(enc, &common, &args);
             let d: Decoded<EncryptArgs> = decode_request(enc, &body).unwrap();
             assert_eq!((d.common, d.args), (common.clone(), args.clone()));
+        }
+    }
+
+    #[test]
+    fn audit_cursors_round_trip_and_refusals() {
+        assert_eq!(parse_audit_cursor(&audit_cursor(42, 3)).unwrap(), (42, 3));
+        assert_eq!(parse_audit_cursor("0.0").unwrap(), (0, 0));
+        for bad in [
+            "",
+            "1",
+            "1.",
+            ".1",
+            "1.2.3",
+            "01.2",
+            "1.02",
+            "-1.0",
+            "1.x",
+            "99999999999999999999.0",
+            "1.4294967296",
+            " 1.2",
+        ] {
+            assert!(parse_audit_cursor(bad).is_err(), "{bad}");
         }
     }
 

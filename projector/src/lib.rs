@@ -21,6 +21,7 @@ pub mod audit;
 pub mod live;
 pub mod policy;
 pub mod refusals;
+pub mod report;
 pub mod token;
 pub mod trust;
 

@@ -370,12 +370,15 @@ pub fn mint_token(key: &IssuerKey, claims: &Claims) -> String {
     token
 }
 
+/// A remembered token: its claims and the issuer key that verified it.
+type Remembered = (Claims, [u8; 32]);
+
 /// Remembers tokens whose signature verified, so a caller presenting the same token again costs
 /// a hash instead of an Ed25519 verification. A hit is re-checked against the issuer as it is
 /// *now* (same key still trusted, not revoked, tenant allowed) and against the clock, so the
 /// cache changes the cost of [`verify_token`], never its answer.
 pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Claims, [u8; 32])>>,
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], Remembered>>,
     capacity: usize,
 }
 

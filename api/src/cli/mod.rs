@@ -23,7 +23,10 @@ macro_rules! outln {
 }
 
 pub mod admin;
+pub mod audit;
+pub mod audit_views;
 pub mod key;
+pub mod report;
 pub mod serve;
 pub mod tokens;
 

@@ -23,6 +23,12 @@ pub struct ServeArgs {
     /// differs from the keystore's is refused.
     #[arg(long)]
     root_key: Option<String>,
+    /// Publish a signed checkpoint after this many new events...
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: u64,
+    /// ... or after this many seconds (if any event arrived).
+    #[arg(long, default_value_t = 10)]
+    checkpoint_interval_s: u64,
 }
 
 pub async fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
@@ -46,9 +52,20 @@ pub async fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
         ..api::service::ServiceConfig::default()
     };
     let kek = Arc::new(secrets.kek);
+    api::audit::ensure_checkpoint_stream(&conn)
+        .await
+        .context("creating the checkpoint stream")?;
+    let cp_conn = conn.clone();
     let running = api::service::start(conn, appender, kek, Some(root_public), config)
         .await
         .context("starting the service")?;
+    let checkpointer = api::audit::spawn_checkpointer(
+        cp_conn,
+        running.follower().clone(),
+        secrets.writer.clone(),
+        a.checkpoint_every,
+        Duration::from_secs(a.checkpoint_interval_s.max(1)),
+    );
     eprintln!(
         "keyledger: serving ledger {ledger} on {}.> ({} operations) from seq {}",
         api::wire::subject_prefix(ledger.as_str()),
@@ -60,6 +77,7 @@ pub async fn serve(cli: &Cli, a: &ServeArgs) -> Result<ExitCode> {
         _ = int.recv() => "SIGINT",
     };
     eprintln!("keyledger: {why}: stopping");
+    checkpointer.abort();
     running.stop().await;
     eprintln!("keyledger: stopped");
     Ok(ExitCode::SUCCESS)

@@ -42,6 +42,25 @@ impl LedgerNames {
     pub fn dek_subjects(&self) -> String {
         format!("keyledger.{}.dek.>", self.ledger)
     }
+    /// Signed checkpoints and witness cosignatures: `KEYLEDGER_<ledger>_CP`.
+    pub fn checkpoint_stream(&self) -> String {
+        format!("KEYLEDGER_{}_CP", self.ledger)
+    }
+    pub fn checkpoint_subjects(&self) -> String {
+        format!("keyledger.{}.cp.>", self.ledger)
+    }
+    /// Checkpoints signed by the log (a writer): `keyledger.<ledger>.cp.log`.
+    pub fn checkpoint_subject(&self) -> String {
+        format!("keyledger.{}.cp.log", self.ledger)
+    }
+    /// Checkpoints cosigned by witness `name`: `keyledger.<ledger>.cp.witness.<name>`.
+    pub fn witness_subject(&self, name: &str) -> String {
+        format!("keyledger.{}.cp.witness.{name}", self.ledger)
+    }
+    /// The checkpoint origin (C2SP tlog-checkpoint): `keyledger/<ledger>`.
+    pub fn origin(&self) -> String {
+        crate::checkpoint::ledger_origin("keyledger", &self.ledger)
+    }
 }
 
 /// Settings of the event stream.
@@ -117,6 +136,22 @@ pub fn dek_stream_config(names: &LedgerNames, s: &StreamSettings) -> stream::Con
     }
 }
 
+/// The checkpoint stream: evidence, never deleted or purged.
+pub fn checkpoint_stream_config(names: &LedgerNames, s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: names.checkpoint_stream(),
+        subjects: vec![names.checkpoint_subjects()],
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        duplicate_window: s.duplicate_window,
+        deny_delete: true,
+        deny_purge: true,
+        allow_rollup: false,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 /// Checks that an existing event stream still protects history. `get_or_create_stream` never
 /// reconciles config, so this runs at every start-up.
 pub fn check_event_stream(cfg: &stream::Config, accept_unsafe: bool) -> Result<(), StreamError> {
@@ -177,6 +212,10 @@ impl LedgerConn {
         check_event_stream(&ev.cached_info().config, s.danger_allow_delete)?;
         self.js
             .get_or_create_stream(dek_stream_config(&self.names, s))
+            .await
+            .map_err(nats_err)?;
+        self.js
+            .get_or_create_stream(checkpoint_stream_config(&self.names, s))
             .await
             .map_err(nats_err)?;
         Ok(())
