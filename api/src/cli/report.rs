@@ -177,6 +177,8 @@ pub async fn report(cli: &Cli, a: &ReportArgs) -> Result<ExitCode> {
     let mut builder = ReportBuilder::new((from, to));
     let pb = progress_bar(cli.json || a.out.as_os_str() == "-");
     let t = Instant::now();
+    let mut tree = ledger::merkle::Tree::new();
+    let mut writers: Vec<Bytes32> = Vec::new();
     let replay = replay_each(
         &conn,
         &mut state,
@@ -184,7 +186,16 @@ pub async fn report(cli: &Cli, a: &ReportArgs) -> Result<ExitCode> {
             pb.set_length(target);
             pb.set_position(seq);
         },
-        |v| builder.apply(v),
+        |v| {
+            builder.apply(v);
+            // The Merkle tree and the enrolled writers, to judge the latest checkpoint.
+            tree.push_leaf(v.entry());
+            if let ledger::EventBody::SignerEnrolled(e) = &v.event().body {
+                if e.role == ledger::event::SignerRole::Writer {
+                    writers.push(e.public_key);
+                }
+            }
+        },
     )
     .await?;
     pb.finish_and_clear();
@@ -192,7 +203,31 @@ pub async fn report(cli: &Cli, a: &ReportArgs) -> Result<ExitCode> {
     let ok = chain.ok;
     let mut report = builder.finish(chain);
     report.generated_ms = Some(ledger::sign::now_ms());
-    // The checkpoint is left unknown (None) until checkpoints can be checked here.
+    // The latest published checkpoint, judged against the log just replayed.
+    let latest = api::audit::latest_note(&conn, &conn.names.checkpoint_subject())
+        .await
+        .ok()
+        .flatten();
+    report.checkpoint = latest.map(|note| {
+        let origin = conn.names.origin();
+        let keys = api::audit::log_keys(&origin, &writers);
+        let check = api::audit::check_checkpoint(&note, &origin, &keys, &[], &tree);
+        let parsed = ledger::checkpoint::Note::parse(&note)
+            .ok()
+            .and_then(|n| ledger::checkpoint::Checkpoint::parse(n.text()).ok());
+        projector::report::CheckpointStatus {
+            size: parsed.as_ref().map_or(0, |c| c.size),
+            root: parsed
+                .as_ref()
+                .map_or_else(String::new, |c| hex::encode(c.root)),
+            verified: check.is_ok(),
+            seq: None,
+            time_ms: None,
+            detail: serde_json::to_string(&check).unwrap_or_default(),
+        }
+    });
+    // A checkpoint the log no longer matches (truncated, forked) fails the report too.
+    let ok = ok && report.checkpoint.as_ref().is_none_or(|c| c.verified);
 
     let text = match a.format {
         Format::Html => api::report_render::to_html(&report),
