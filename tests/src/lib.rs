@@ -4,6 +4,7 @@
 //! ([`report`]) for the benchmark binary.
 
 pub mod baseline;
+pub mod binary;
 pub mod fixture;
 pub mod harness;
 pub mod report;

@@ -15,8 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -25,6 +24,7 @@ use ed25519_dalek::SigningKey;
 use api::client::{CallOptions, ClientError};
 use api::report_render;
 use api::wire::*;
+use keyledger_tests::binary::{keyledger_bin, run_for as run, Run};
 use keyledger_tests::fixture::{token_with, Ledger};
 use keyledger_tests::harness::NatsServer;
 use ledger::event::{
@@ -897,119 +897,6 @@ fn check_html(html: &str, r: &ComplianceReport, k: &Keys) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The binary and Chromium
 // ---------------------------------------------------------------------------------------------
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            files_under(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// Newest modification time of the sources the `keyledger` binary is built from.
-fn newest_source(root: &Path) -> Result<std::time::SystemTime> {
-    let mut newest = std::fs::metadata(root.join("Cargo.lock"))?.modified()?;
-    for krate in ["ledger", "projector", "api"] {
-        let mut files = vec![root.join(krate).join("Cargo.toml")];
-        files_under(&root.join(krate).join("src"), &mut files)?;
-        for f in files {
-            newest = newest.max(std::fs::metadata(&f)?.modified()?);
-        }
-    }
-    Ok(newest)
-}
-
-/// The `keyledger` binary next to this test's profile dir, built first if missing or stale.
-fn keyledger_bin() -> Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| build_keyledger().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn build_keyledger() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary location")?
-        .to_path_buf();
-    let bin = profile_dir.join("keyledger");
-    let root = keyledger_tests::harness::workspace_root();
-    let fresh = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
-        Ok(built) => built >= newest_source(&root)?,
-        Err(_) => false,
-    };
-    if fresh {
-        return Ok(bin);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "-p", "api", "--bin", "keyledger"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    if let Some(target) = profile_dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target);
-    }
-    let status = cmd.status().context("running cargo build for keyledger")?;
-    ensure!(
-        status.success(),
-        "cargo build -p api --bin keyledger failed"
-    );
-    ensure!(bin.is_file(), "{} missing after build", bin.display());
-    Ok(bin)
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command to completion, killed after `timeout`.
-fn run(cmd: &mut Command, timeout: Duration) -> Result<Run> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {cmd:?}"))?;
-    let mut out = child.stdout.take().context("stdout")?;
-    let mut err = child.stderr.take().context("stderr")?;
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill()?;
-            child.wait()?;
-            bail!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(Run {
-        code: status.code(),
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
-}
 
 /// `keyledger report` against the scenario's ledger.
 fn cli_report(
