@@ -538,8 +538,9 @@ pub fn check_consistency(
 pub const BUNDLE_FORMAT: &str = "keyledger-audit-bundle/1";
 
 /// An export for offline verification: every stored message from genesis up to the latest
-/// checkpoint (so the chain verifies alone), the root key, and the checkpoints (log-signed and
-/// witness-cosigned) it can be checked against. `from_seq` marks the range of interest.
+/// checkpoint (so the chain verifies alone), the root key, the enrolled signer keys, the
+/// checkpoints (log-signed and witness-cosigned) with consistency proofs between them.
+/// `from_seq` marks the range of interest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bundle {
@@ -552,7 +553,12 @@ pub struct Bundle {
     pub to_seq: u64,
     /// `(stream sequence, stored message as hex)`, every message `1..=to_seq`.
     pub messages: Vec<(u64, String)>,
+    /// Writer keys the root enrolled (hex), i.e. the keys that may sign events and checkpoints.
+    pub signers: Vec<String>,
     pub checkpoints: Vec<String>,
+    /// Consistency proofs between consecutive checkpoints: the published checkpoints are one
+    /// append-only log.
+    pub consistency: Vec<ConsistencyProof>,
     pub witness_notes: Vec<String>,
 }
 
@@ -574,6 +580,16 @@ pub fn export(
     let size = latest.0;
     // The stream sequence of the last leaf the checkpoint covers.
     let to_seq = r.leaf_seqs[(size - 1) as usize];
+    let included: Vec<String> = checkpoints
+        .iter()
+        .filter(|n| {
+            Note::parse(n)
+                .ok()
+                .and_then(|n| Checkpoint::parse(n.text()).ok())
+                .is_some_and(|c| c.size <= size)
+        })
+        .cloned()
+        .collect();
     let root_key = r
         .state
         .root_key()
@@ -592,16 +608,23 @@ pub fn export(
             .filter(|(s, _)| *s <= to_seq)
             .map(|(s, b)| (*s, hex::encode(b)))
             .collect(),
-        checkpoints: checkpoints
-            .iter()
-            .filter(|n| {
-                Note::parse(n)
-                    .ok()
-                    .and_then(|n| Checkpoint::parse(n.text()).ok())
-                    .is_some_and(|c| c.size <= size)
-            })
-            .cloned()
-            .collect(),
+        signers: r.writers.iter().map(|w| w.to_hex()).collect(),
+        consistency: {
+            let mut sized: Vec<(u64, &String)> = included
+                .iter()
+                .filter_map(|n| match r.check_checkpoint(n, &[]) {
+                    CheckpointCheck::Consistent { size, .. } => Some((size, n)),
+                    _ => None,
+                })
+                .collect();
+            sized.sort_by_key(|(s, _)| *s);
+            sized.dedup_by_key(|(s, _)| *s);
+            sized
+                .windows(2)
+                .map(|w| prove_consistency(r, w[0].1, w[1].1))
+                .collect::<Result<_, _>>()?
+        },
+        checkpoints: included,
         witness_notes: witness_notes.to_vec(),
     })
 }
@@ -688,7 +711,30 @@ pub fn verify_bundle(
             "origin does not match the ledger".into(),
         ));
     }
-    let report = AuditReport::from_rebuilt(&r, &b.checkpoints, &b.witness_notes, cosigners);
+    let mut report = AuditReport::from_rebuilt(&r, &b.checkpoints, &b.witness_notes, cosigners);
+    // The listed signers must be exactly the writers the chain enrolled, and every
+    // consistency proof must hold under one of them.
+    let listed: Vec<String> = r.writers.iter().map(|w| w.to_hex()).collect();
+    if listed != b.signers {
+        report.ok = false;
+        report.checkpoints.push(CheckpointCheck::Invalid {
+            reason: "the bundle's signer list is not the chain's enrolled writers".into(),
+        });
+    }
+    for p in &b.consistency {
+        let held = r.log_keys().iter().any(|k| {
+            k.to_string() == p.log_key && check_consistency(p, Some(&k.to_string())).is_ok()
+        });
+        if !held {
+            report.ok = false;
+            report.checkpoints.push(CheckpointCheck::Invalid {
+                reason: format!(
+                    "consistency proof {} -> {} does not hold",
+                    p.old_size, p.new_size
+                ),
+            });
+        }
+    }
     Ok((r, report))
 }
 

@@ -208,6 +208,36 @@ async fn checkpoints_proofs_bundles_and_the_witness() -> Result<()> {
         let (_, rep) = audit::verify_bundle(&b, Some(stranger), &[])?;
         ensure!(!rep.ok, "{rep:?}");
 
+        // (e) the bundle carries the enrolled signers and consistency proofs between its
+        // checkpoints; altering either is detected.
+        ensure!(
+            b.signers == vec![l.secrets.writer_public().to_hex()],
+            "{:?}",
+            b.signers
+        );
+        ensure!(
+            !b.consistency.is_empty(),
+            "consistency proofs between checkpoints"
+        );
+        let mut t = b.clone();
+        t.signers.push(stranger.to_hex());
+        ensure!(
+            !audit::verify_bundle(&t, Some(l.secrets.root_public()), &[])?
+                .1
+                .ok,
+            "extra signer"
+        );
+        let mut t = b.clone();
+        if let Some(p) = t.consistency.iter_mut().find(|p| !p.proof.is_empty()) {
+            p.proof[0] = hex::encode([1u8; 32]);
+            ensure!(
+                !audit::verify_bundle(&t, Some(l.secrets.root_public()), &[])?
+                    .1
+                    .ok,
+                "altered consistency proof"
+            );
+        }
+
         // The witness: cosigns what it checked, publishes it; the cosignature verifies.
         let wkey = SigningKey::from_bytes(&[7; 32]);
         let wvkey = audit::witness_key("witness-1", &wkey)?;
