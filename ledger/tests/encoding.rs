@@ -593,32 +593,11 @@ fn samples() -> Vec<Sample> {
 
 /// Samples of the event types added after `events-v1.json` froze, in a chain of their own.
 fn samples_2() -> Vec<Sample> {
-    let root = signer(ROOT_SEED);
     let writer = signer(WRITER_SEED);
     let attester = SigningKey::from_bytes(&[3; 32]);
-    vec![
-        sample(
-            true,
-            "genesis",
-            Actor::system("init"),
-            None,
-            LedgerCreated {
-                root_key: root.public_key(),
-                kek_id: b32(0x10),
-            },
-        ),
-        sample(
-            true,
-            "enrol-writer-1",
-            Actor::system("enrol"),
-            None,
-            SignerEnrolled {
-                signer: writer.id(),
-                public_key: writer.public_key(),
-                role: SignerRole::Writer,
-                label: "writer-1".into(),
-            },
-        ),
+    // The same genesis and writer enrolment as the first file.
+    let mut out: Vec<Sample> = samples().into_iter().take(2).collect();
+    out.extend([
         sample(
             false,
             "q-0001",
@@ -639,7 +618,8 @@ fn samples_2() -> Vec<Sample> {
                 reason: "end of vectors".into(),
             },
         ),
-    ]
+    ]);
+    out
 }
 
 /// Chains and signs the first file's samples.
